@@ -1,0 +1,14 @@
+"""KARL: single-pass adaptive image tokenization (arXiv 2507.07995)."""
+
+from karl.api import build_model, load_pretrained, save_pretrained
+from karl.config import LOSS_BINS, ExperimentConfig, ModelConfig, load_config
+from karl.model import KARL, Encoding, epsilon_to_bin
+
+__all__ = ["KARL", "Encoding", "LOSS_BINS", "ExperimentConfig", "ModelConfig", "build_model",
+           "epsilon_to_bin", "load_config", "load_pretrained", "save_pretrained", "load_official"]
+
+
+def load_official(*args, **kwargs):
+    """Load an authors' ``.pth`` checkpoint (see :mod:`karl.official`)."""
+    from karl.official import load_official as _load
+    return _load(*args, **kwargs)

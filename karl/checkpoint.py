@@ -1,0 +1,100 @@
+"""Checkpoints: release directories and resumable training state.
+
+- Release dir: ``config.json`` (model config + provenance) and ``model.safetensors``,
+  loaded strictly; missing/unexpected/mismatched keys are reported by name.
+- Training state: ``state.pt`` holding only tensors and plain Python types, so it loads
+  with ``torch.load(weights_only=True)``; written atomically (tmp file + rename) so an
+  interrupted save never corrupts the last good checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+FORMAT_VERSION = 1
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint is missing, untrusted, or does not match the model."""
+
+
+def atomic_torch_save(obj: Any, path: str | Path) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def load_state(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"no training state at {path}")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # corrupt file or pickled objects we refuse to run
+        raise CheckpointError(f"cannot load {path} as plain training state: {e}") from e
+
+
+def check_state_dict(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Raise with every missing, unexpected and shape-mismatched key before loading."""
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    mismatched = sorted(f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+                        for k in set(own) & set(state) if own[k].shape != state[k].shape)
+    if missing or unexpected or mismatched:
+        def fmt(name: str, items: list[str]) -> str:
+            if not items:
+                return ""
+            more = f" ... (+{len(items) - 20} more)" if len(items) > 20 else ""
+            return f"\n  {name} ({len(items)}): " + ", ".join(items[:20]) + more
+        raise CheckpointError("checkpoint does not match the model:" + fmt("missing", missing)
+                              + fmt("unexpected", unexpected) + fmt("shape mismatch", mismatched))
+
+
+def load_state_dict_strict(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    check_state_dict(model, state)
+    model.load_state_dict(state, strict=True)
+
+
+def write_release(directory: str | Path, config: dict[str, Any], state: dict[str, torch.Tensor],
+                  extra: dict[str, Any] | None = None) -> Path:
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    meta = {"format_version": FORMAT_VERSION, "model": config, **(extra or {})}
+    tensors = {k: v.detach().contiguous().cpu() for k, v in state.items()}
+    tmp = d / "model.safetensors.tmp"
+    save_file(tensors, str(tmp), metadata={"format": "pt"})
+    os.replace(tmp, d / "model.safetensors")
+    (d / "config.json").write_text(json.dumps(meta, indent=2) + "\n")
+    return d
+
+
+def read_release(directory: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    d = Path(directory)
+    if d.is_file() and d.suffix == ".pth":
+        raise CheckpointError(
+            f"{d} is an authors' .pth checkpoint: convert it with "
+            "`karl-convert-official IN.pth OUT_DIR --trust` (or karl.load_official(path, trust=True))")
+    cfg_path, weights = d / "config.json", d / "model.safetensors"
+    if not cfg_path.is_file() or not weights.is_file():
+        raise CheckpointError(f"{d} is not a KARL release directory (needs config.json + model.safetensors)")
+    try:
+        meta = json.loads(cfg_path.read_text())
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{cfg_path} is not valid JSON: {e}") from e
+    if "model" not in meta:
+        raise CheckpointError(f"{cfg_path} has no 'model' section")
+    try:
+        state = load_file(str(weights))
+    except Exception as e:
+        raise CheckpointError(f"cannot read {weights}: {e}") from e
+    return meta, state

@@ -1,0 +1,49 @@
+"""Command-line entry points: ``karl-train`` (and ``python -m karl.cli train``)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from karl.config import ConfigError, load_config
+
+
+def train_main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        prog="karl-train",
+        description="Train KARL (stage 0: base autoencoder, 1: latent distillation, 2: pixel fine-tune).",
+        epilog="Overrides: key=value pairs such as stage=1 train.lr=2e-4 data.path=/images. "
+               "Re-running the same command resumes from OUT_DIR/state.pt.")
+    p.add_argument("--config", help="experiment YAML (configs/*.yaml)")
+    p.add_argument("--preset", help="preset name when no YAML is given (tiny, cpu, small, small_vae)")
+    p.add_argument("--restart", action="store_true", help="ignore an existing state.pt in out_dir")
+    p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda if available)")
+    p.add_argument("overrides", nargs="*", help="key=value config overrides")
+    args = p.parse_args(argv)
+    try:
+        cfg = load_config(args.config, args.overrides, preset_name=args.preset)
+    except (ConfigError, FileNotFoundError) as e:
+        print(f"karl-train: {e}", file=sys.stderr)
+        return 2
+    from karl.train.loop import NonFiniteLossError, train
+    try:
+        trainer = train(cfg, restart=args.restart, device=args.device)
+    except NonFiniteLossError as e:
+        print(f"karl-train: {e}", file=sys.stderr)
+        return 3
+    if trainer.dist.is_main:
+        print(f"done: step {trainer.step}; release in {trainer.out / 'release'}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    commands = {"train": train_main}
+    if not argv or argv[0] not in commands:
+        print(f"usage: python -m karl.cli {{{','.join(commands)}}} ...", file=sys.stderr)
+        return 2
+    return commands[argv[0]](argv[1:])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

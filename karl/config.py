@@ -1,0 +1,321 @@
+"""Configuration schema: frozen dataclasses, presets by name, YAML files and dotted overrides.
+
+A config is built in three layers, each overriding the last:
+
+1. a named preset (``tiny``, ``cpu``, ``small``, ``small_vae``) from :data:`PRESETS`;
+2. an experiment YAML (``configs/*.yaml``) holding ``preset:`` and nested sections;
+3. command-line overrides ``section.field=value`` (``train.lr=2e-4``).
+
+Unknown keys and values of the wrong type raise :class:`ConfigError` with the list of
+valid keys, so a typo never silently trains the wrong model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import typing
+from dataclasses import dataclass, field, fields, is_dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+# The 19 loss-condition bins of the release (KARL_FACTS section 2).
+LOSS_BINS: tuple[float, ...] = (
+    0.005, 0.01, 0.02, 0.03, 0.04, 0.05, 0.06, 0.07, 0.09, 0.1,
+    0.12, 0.14, 0.16, 0.18, 0.2, 0.24, 0.28, 0.32, 0.38,
+)
+
+
+class ConfigError(ValueError):
+    """A config key does not exist or a value has the wrong type."""
+
+
+@dataclass(frozen=True)
+class BaseTokenizerConfig:
+    """The 2D base tokenizer whose grid KARL distils into 1D tokens.
+
+    ``kind``: ``conv_ae`` (ours, trainable on CPU: stage 0), ``vqgan`` (MaskGIT/MAGE
+    architecture) or ``kl_vae`` (LDM/MAR KL-16).
+    """
+
+    kind: str = "conv_ae"
+    latent_dim: int = 16          # channels of the grid fed to KARL (VQGAN: 256 pre-quant)
+    downsample: int = 16          # image side / grid side
+    channels: int = 128
+    channel_mult: tuple[int, ...] = (1, 1, 2, 2, 4)
+    num_res_blocks: int = 2
+    codebook_size: int = 1024     # vqgan only
+    latent_scale: float = 1.0     # multiplies latents before KARL sees them (VAE: 0.2325)
+    checkpoint: str | None = None  # optional user checkpoint of the base tokenizer
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    image_size: int = 256
+    width: int = 1024
+    encoder_layers: int = 8
+    decoder_layers: int = 8
+    heads: int = 8
+    mlp_ratio: float = 4.0
+    num_latent_tokens: int = 512  # learned 1D token table; the first T are used
+    max_tokens: int = 256         # LTC budget and the default inference budget
+    pos_table_size: int = 64      # 2D position tables are pos_table_size^2, sampled to the grid
+    token_dim: int = 12           # factorised latent
+    quantize: bool = False
+    codebook_size: int = 4096
+    commitment: float = 0.25
+    halt_threshold: float = 0.75
+    halting_hidden: int = 512
+    loss_bins: tuple[float, ...] = LOSS_BINS
+    base: BaseTokenizerConfig = field(default_factory=BaseTokenizerConfig)
+
+    @property
+    def grid_size(self) -> int:
+        return self.image_size // self.base.downsample
+
+    @property
+    def num_grid_tokens(self) -> int:
+        return self.grid_size ** 2
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    stage: int = 1                  # 0: base autoencoder, 1: latent distillation, 2: pixel fine-tune
+    batch_size: int = 64            # per process
+    lr: float = 1e-4                # for a global batch of 256; scaled linearly
+    min_lr_ratio: float = 0.1
+    warmup_steps: int = 1000
+    max_steps: int = 100_000
+    weight_decay: float = 0.05
+    betas: tuple[float, float] = (0.9, 0.95)
+    grad_clip: float = 3.0
+    ema_decay: float = 0.9999
+    amp: bool = True                # fp16 on CUDA, bf16 on CPU only if amp_cpu
+    amp_cpu: bool = False
+    # Two-phase training (KARL_FACTS section 2)
+    budget_step: int = 16           # EIC budgets: budget_step, 2*budget_step, ... budget_max
+    budget_max: int = 368
+    eic_max_epsilon: float = 0.04   # EIC conditions on bins <= this
+    token_loss_weight: float = 1.0
+    halt_loss_weight: float = 1.0
+    quant_loss_weight: float = 1.0
+    # Stage 2 (pixel losses)
+    lpips_weight: float = 1.0
+    lpips_net: str = "vgg"
+    gan_weight_early: float = 0.0
+    gan_weight_mid: float = 0.2
+    gan_weight_late: float = 0.8
+    gan_mid_step: int = 20_000      # the paper's epoch 20, in steps
+    gan_late_step: int = 100_000    # the paper's epoch 100, in steps
+    disc_ndf: int = 64
+    disc_layers: int = 3
+    disc_lr_ratio: float = 1.0
+    # Bookkeeping
+    seed: int = 0
+    log_every: int = 10
+    ckpt_every: int = 200
+    out_dir: str = "runs/default"
+    init_from: str | None = None    # release dir or state.pt to start from (stage 1 -> 2)
+    base_from: str | None = None    # stage-0 run whose base tokenizer stage 1 uses
+    num_workers: int = 0
+    max_minutes: float | None = None  # stop (and checkpoint) after this wall time
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    source: str = "synthetic"       # synthetic | folder | hf | corpus | mixed
+    path: str | None = None         # folder, or corpus directory
+    hf_name: str | None = None
+    hf_split: str = "train"
+    hf_image_key: str = "image"
+    procedural_fraction: float = 0.0  # share of each batch drawn from the procedural generator
+    min_crop_scale: float = 0.15    # random multi-scale crops: side in [min, 1] x shorter side
+    holdout_fraction: float = 0.0   # of corpus source images held out of training
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    preset: str = "small"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+
+
+# --------------------------------------------------------------------------- presets
+
+def _tiny() -> ExperimentConfig:
+    base = BaseTokenizerConfig(kind="conv_ae", latent_dim=8, downsample=8, channels=16,
+                               channel_mult=(1, 2, 2, 2), num_res_blocks=1)
+    model = ModelConfig(image_size=32, width=32, encoder_layers=2, decoder_layers=2, heads=2,
+                        num_latent_tokens=32, max_tokens=16, pos_table_size=4, token_dim=4,
+                        halting_hidden=32, base=base)
+    train = TrainConfig(batch_size=8, lr=1e-3, warmup_steps=5, max_steps=50, budget_step=4,
+                        budget_max=24, ema_decay=0.99, gan_mid_step=10, gan_late_step=20,
+                        disc_ndf=8, disc_layers=2, log_every=5, ckpt_every=10, amp=False,
+                        lpips_net="alex")
+    return ExperimentConfig(preset="tiny", model=model, train=train,
+                            data=DataConfig(source="synthetic"))
+
+
+def _cpu() -> ExperimentConfig:
+    # Scale chosen with benchmarks/train_throughput.py: see README "Presets".
+    base = BaseTokenizerConfig(kind="conv_ae", latent_dim=16, downsample=8, channels=64,
+                               channel_mult=(1, 2, 2, 4), num_res_blocks=1)
+    model = ModelConfig(image_size=64, width=192, encoder_layers=4, decoder_layers=4, heads=4,
+                        num_latent_tokens=96, max_tokens=64, pos_table_size=8, token_dim=12,
+                        halting_hidden=192, base=base)
+    train = TrainConfig(batch_size=32, lr=4e-4, warmup_steps=200, max_steps=4000,
+                        budget_step=8, budget_max=96, ema_decay=0.999, gan_mid_step=500,
+                        gan_late_step=2000, disc_ndf=32, disc_layers=3, amp=False,
+                        lpips_net="vgg", log_every=20, ckpt_every=100)
+    data = DataConfig(source="mixed", path="data_cache/corpus", procedural_fraction=0.3,
+                      holdout_fraction=0.2)
+    return ExperimentConfig(preset="cpu", model=model, train=train, data=data)
+
+
+def _small(base_kind: str = "vqgan") -> ExperimentConfig:
+    if base_kind == "vqgan":
+        base = BaseTokenizerConfig(kind="vqgan", latent_dim=256, downsample=16, channels=128,
+                                   channel_mult=(1, 1, 2, 2, 4), num_res_blocks=2,
+                                   codebook_size=1024)
+        model = ModelConfig(quantize=True, base=base)
+    else:
+        base = BaseTokenizerConfig(kind="kl_vae", latent_dim=16, downsample=16, channels=128,
+                                   channel_mult=(1, 1, 2, 2, 4), num_res_blocks=2,
+                                   latent_scale=0.2325)
+        model = ModelConfig(quantize=False, base=base)
+    return ExperimentConfig(preset="small" if base_kind == "vqgan" else "small_vae",
+                            model=model, train=TrainConfig(), data=DataConfig(source="folder"))
+
+
+PRESETS: dict[str, typing.Callable[[], ExperimentConfig]] = {
+    "tiny": _tiny,
+    "cpu": _cpu,
+    "small": _small,
+    "small_vae": lambda: _small("kl_vae"),
+}
+
+
+def preset(name: str) -> ExperimentConfig:
+    if name not in PRESETS:
+        raise ConfigError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
+    return PRESETS[name]()
+
+
+# --------------------------------------------------------------------------- overrides
+
+def _coerce(value: Any, annotation: Any, key: str) -> Any:
+    """Convert a YAML-parsed value to the field's declared type, or raise ConfigError."""
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(f"{key}: {value!r} fits none of {annotation}")
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        inner = args[0] if args else Any
+        return tuple(_coerce(v, inner, key) for v in value)
+    if annotation is float:
+        if isinstance(value, str):  # YAML 1.1 reads "2e-4" as a string
+            try:
+                return float(value)
+            except ValueError:
+                raise ConfigError(f"{key}: expected a number, got {value!r}") from None
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        return float(value)
+    if annotation is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        return value
+    if annotation is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true/false, got {value!r}")
+        return value
+    if annotation is str:
+        if not isinstance(value, str):
+            return str(value)
+        return value
+    return value
+
+
+def _update(obj: Any, updates: dict[str, Any], prefix: str = "") -> Any:
+    """Return a copy of dataclass ``obj`` with nested ``updates`` applied, checking every key."""
+    hints = typing.get_type_hints(type(obj))
+    valid = {f.name for f in fields(obj)}
+    changes = {}
+    for key, value in updates.items():
+        full = f"{prefix}{key}"
+        if key not in valid:
+            raise ConfigError(f"unknown config key {full!r}; valid keys here: {sorted(valid)}")
+        current = getattr(obj, key)
+        if is_dataclass(current):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{full}: expected a section (mapping), got {value!r}")
+            changes[key] = _update(current, value, prefix=f"{full}.")
+        else:
+            changes[key] = _coerce(value, hints[key], full)
+    return replace(obj, **changes)
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """``["train.lr=1e-3", "stage=2"]`` -> nested dict. Bare ``stage`` means ``train.stage``."""
+    nested: dict[str, Any] = {}
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not of the form key=value")
+        key, raw = item.split("=", 1)
+        value = yaml.safe_load(raw) if raw != "" else None
+        parts = key.strip().split(".")
+        if parts == ["stage"]:
+            parts = ["train", "stage"]
+        node = nested
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+        node[parts[-1]] = value
+    return nested
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
+                preset_name: str | None = None) -> ExperimentConfig:
+    """Build an experiment config from a YAML file and/or a preset, plus dotted overrides."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        data = yaml.safe_load(Path(path).read_text()) or {}
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: expected a mapping at the top level")
+    name = preset_name or data.pop("preset", None) or "small"
+    data.pop("preset", None)
+    cfg = preset(name)
+    if data:
+        cfg = _update(cfg, data)
+    if overrides:
+        cfg = _update(cfg, parse_overrides(overrides))
+    return cfg
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    return json.loads(json.dumps(dataclasses.asdict(cfg)))
+
+
+def model_config_from_dict(d: dict[str, Any]) -> ModelConfig:
+    return _update(ModelConfig(), d)
+
+
+def experiment_from_dict(d: dict[str, Any]) -> ExperimentConfig:
+    d = dict(d)
+    name = d.pop("preset", "small")
+    return _update(preset(name), d)

@@ -1,0 +1,275 @@
+"""KARL: single-pass adaptive image tokenizer (KARL_FACTS sections 1 and 4).
+
+Axes: b batch, n 2D grid tokens (g x g), k 1D latent tokens, d width, e factorised latent.
+
+    images --base.encode--> grid [b, c, g, g]
+    [cond | patch_embed(images) ++ grid + pos2d | latent_tokens[:T]] --encoder-->
+        z [b, k, e] (factorised, optionally VQ) and halting probs [b, k]
+    keep = halting_prob <= 0.75                           # the "minimal program"
+    [mask tokens + pos2d | decoder_embed(z[keep]) + pos1d] --decoder--> head [b, n, out]
+    head --base.decode_head--> images
+
+Parameter names follow the released checkpoints (official_state_dict/*.keys.txt); the base
+tokenizer lives under ``base.`` instead of ``base_tokenizer.{vqgan,vae}.``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange, repeat
+from torch import Tensor, nn
+
+from karl.base_tokenizers import BaseGrid, build_base_tokenizer
+from karl.config import ModelConfig
+from karl.model.layers import Transformer
+from karl.model.quantizer import FactorizedQuantizer
+
+
+@dataclass
+class Encoding:
+    """The result of one encoder pass. KC-hat = ``keep.sum(-1)``."""
+
+    latents: Tensor            # [B, K, e] factorised latents (quantised for VQ models)
+    halting_probs: Tensor      # [B, K] in [0, 1]
+    keep: Tensor               # [B, K] bool: not halted
+    token_ids: Tensor | None   # [B, K] codebook ids (quantised models) or None
+    epsilon: Tensor            # [B] the loss bin each image was conditioned on
+
+    @property
+    def kc_hat(self) -> Tensor:
+        return self.keep.sum(-1)
+
+    @property
+    def budget(self) -> int:
+        return self.keep.shape[1]
+
+    def to(self, device: torch.device | str) -> "Encoding":
+        ids = None if self.token_ids is None else self.token_ids.to(device)
+        return Encoding(self.latents.to(device), self.halting_probs.to(device),
+                        self.keep.to(device), ids, self.epsilon.to(device))
+
+
+def epsilon_to_bin(epsilon: float | Tensor, bins: Tensor) -> Tensor:
+    """Index of the smallest loss bin >= epsilon (0 -> first bin; above the last -> last)."""
+    eps = torch.as_tensor(epsilon, dtype=torch.float64, device=bins.device).reshape(-1)
+    # Bins and epsilons often arrive as float32 (0.05 -> 0.0500000007): compare at 1e-6
+    # resolution so that a value equal to a bin maps to that bin, not the next one.
+    exact = torch.round(bins.double() * 1e6) / 1e6
+    idx = torch.bucketize(torch.round(eps * 1e6) / 1e6, exact, right=False)
+    return idx.clamp(max=len(bins) - 1)
+
+
+class Decoder(nn.Module):
+    """Names match the release: ``decoder.ln_pre``, ``decoder.transformer.N``, ``ln_post``, ``ffn``."""
+
+    def __init__(self, cfg: ModelConfig, out_dim: int):
+        super().__init__()
+        w = cfg.width
+        self.ln_pre = nn.LayerNorm(w)
+        self.transformer = Transformer(w, cfg.decoder_layers, cfg.heads, cfg.mlp_ratio).transformer
+        self.ln_post = nn.LayerNorm(w)
+        self.ffn = nn.Sequential(nn.Linear(w, 2 * w), nn.Tanh(), nn.Linear(2 * w, out_dim))
+
+    def forward(self, x: Tensor, key_mask: Tensor, n: int) -> Tensor:
+        x = self.ln_pre(x)
+        for block in self.transformer:
+            x = block(x, key_mask)
+        return self.ffn(self.ln_post(x[:, :n]))
+
+
+class KARL(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.config = cfg
+        w, g = cfg.width, cfg.grid_size
+        assert cfg.image_size % cfg.base.downsample == 0, "image_size must be a multiple of downsample"
+        assert cfg.max_tokens <= cfg.num_latent_tokens, "max_tokens exceeds the latent token table"
+        self.base = build_base_tokenizer(cfg.base)
+        patch_dim = w - cfg.base.latent_dim
+        assert patch_dim > 0, f"width {w} must exceed the base latent dim {cfg.base.latent_dim}"
+        p = cfg.pos_table_size
+        self.patch_embed = nn.Conv2d(3, patch_dim, cfg.base.downsample, stride=cfg.base.downsample)
+        self.encoder_positional_embedding = nn.Parameter(torch.randn(w, p, p) * w ** -0.5)
+        self.decoder_positional_embedding = nn.Parameter(torch.randn(w, p, p) * w ** -0.5)
+        self.decoder_mask_token = nn.Parameter(torch.randn(1, 1, w) * w ** -0.5)
+        self.latent_tokens = nn.Parameter(torch.randn(cfg.num_latent_tokens, w) * w ** -0.5)
+        self.decoder_latent_tokens_timestep_embed = nn.Parameter(
+            torch.randn(cfg.num_latent_tokens, w) * w ** -0.5)
+        # Each bin's embedding starts as the constant bin value (KARL_FACTS section 2).
+        self.rec_loss_embeddings = nn.Parameter(
+            repeat(torch.tensor(cfg.loss_bins), "c -> c d", d=w).clone())
+        self.register_buffer("loss_bins", torch.tensor(cfg.loss_bins, dtype=torch.float32),
+                             persistent=False)
+
+        self.encoder_ln_pre = nn.LayerNorm(w)
+        self.encoder = Transformer(w, cfg.encoder_layers, cfg.heads, cfg.mlp_ratio)
+        self.encoder_ln_post_halt = nn.LayerNorm(w)
+        self.encoder_ln_post = nn.LayerNorm(w)
+        self.halting_mlp = nn.Sequential(nn.Linear(w, cfg.halting_hidden), nn.Tanh(),
+                                         nn.Linear(cfg.halting_hidden, 1))
+        self.pre_quantizer_mlp = nn.Linear(w, cfg.token_dim)
+        if cfg.quantize:
+            self.quantize = FactorizedQuantizer(cfg.codebook_size, cfg.token_dim, cfg.commitment)
+        self.decoder_embed = nn.Linear(cfg.token_dim, w)
+        self.decoder = Decoder(cfg, self.base.head_dim)
+        self.grid_size = g
+        self._init_linear()
+
+    def _init_linear(self) -> None:
+        for name, m in self.named_modules():
+            if name.startswith("base"):
+                continue
+            if isinstance(m, nn.Linear):
+                nn.init.trunc_normal_(m.weight, std=0.02)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def image_size(self) -> int:
+        return self.config.image_size
+
+    @property
+    def max_tokens(self) -> int:
+        return self.config.max_tokens
+
+    @property
+    def device(self) -> torch.device:
+        return self.latent_tokens.device
+
+    def bin_index(self, epsilon: float | Tensor, batch: int) -> Tensor:
+        idx = epsilon_to_bin(epsilon, self.loss_bins).to(self.device)
+        if idx.numel() == 1:
+            idx = idx.expand(batch)
+        assert idx.shape == (batch,), f"epsilon must be a scalar or [B]={batch}, got {tuple(idx.shape)}"
+        return idx
+
+    # ------------------------------------------------------------------ encoder stages
+    def _pos2d(self, table: Tensor) -> Tensor:
+        """[d, P, P] table -> [n, d], nearest-sampled to the grid (64 -> 16 in the release)."""
+        g = self.grid_size
+        if table.shape[-1] != g:
+            table = F.interpolate(table[None], size=(g, g), mode="nearest")[0]
+        return rearrange(table, "d h w -> (h w) d")
+
+    def base_encode(self, images: Tensor) -> BaseGrid:
+        self._check_images(images)
+        return self.base.encode(images)
+
+    def embed_grid(self, images: Tensor, grid: Tensor) -> Tensor:
+        """2D tokens = concat(patch embedding of pixels, base latent) + 2D position: [b, n, d]."""
+        patches = self.patch_embed(images)
+        tokens = rearrange(torch.cat([patches, grid.to(patches.dtype)], dim=1), "b d h w -> b (h w) d")
+        return tokens + self._pos2d(self.encoder_positional_embedding)
+
+    def forward_encoder(self, tokens2d: Tensor, bin_idx: Tensor, budget: int) -> tuple[Tensor, Tensor]:
+        """Returns factorised latents z [b, T, e] and halting logits [b, T]."""
+        b = tokens2d.shape[0]
+        assert 1 <= budget <= self.config.num_latent_tokens, (
+            f"budget {budget} outside [1, {self.config.num_latent_tokens}]")
+        cond = self.rec_loss_embeddings[bin_idx][:, None]                    # [b, 1, d]
+        latent = repeat(self.latent_tokens[:budget], "k d -> b k d", b=b)
+        x = self.encoder_ln_pre(torch.cat([cond, tokens2d, latent], dim=1))
+        x = self.encoder(x)[:, -budget:]
+        z = self.pre_quantizer_mlp(self.encoder_ln_post(x))
+        halt_logits = self.halting_mlp(self.encoder_ln_post_halt(x)).squeeze(-1)
+        return z, halt_logits
+
+    def quantize_latents(self, z: Tensor) -> tuple[Tensor, Tensor | None, Tensor]:
+        """Returns (latents, token ids or None, quantisation loss)."""
+        if not self.config.quantize:
+            return z, None, z.new_zeros(())
+        return self.quantize(z)
+
+    # ------------------------------------------------------------------ decoder stages
+    def forward_decoder(self, latents: Tensor, keep: Tensor) -> Tensor:
+        """Predict the base grid from the kept latents: [b, head_dim, g, g].
+
+        Kept tokens are packed to the front (padding masked out), so the decoder's sequence
+        is n + max(kc_hat) long: few kept tokens cost less than many. Halted tokens neither
+        attend nor are attended to. Masks are per image.
+        """
+        b, k, _ = latents.shape
+        assert keep.shape == (b, k), f"keep {tuple(keep.shape)} vs latents {tuple(latents.shape)}"
+        n = self.grid_size ** 2
+        tokens1d = self.decoder_embed(latents) + self.decoder_latent_tokens_timestep_embed[:k]
+        packed, valid = pack_kept(tokens1d, keep)                           # [b, m, d], [b, m]
+        mask_tokens = self.decoder_mask_token.expand(b, n, -1) + self._pos2d(self.decoder_positional_embedding)
+        x = torch.cat([mask_tokens.to(packed.dtype), packed], dim=1)
+        key_mask = torch.cat([valid.new_ones(b, n), valid], dim=1)
+        out = self.decoder(x, key_mask, n)                                  # [b, n, head_dim]
+        return rearrange(out, "b (h w) c -> b c h w", h=self.grid_size)
+
+    def forward_decoder_masked(self, latents: Tensor, keep: Tensor) -> Tensor:
+        """Reference path without packing (all K tokens in the sequence, halted ones masked)."""
+        b, k, _ = latents.shape
+        n = self.grid_size ** 2
+        tokens1d = self.decoder_embed(latents) + self.decoder_latent_tokens_timestep_embed[:k]
+        mask_tokens = self.decoder_mask_token.expand(b, n, -1) + self._pos2d(self.decoder_positional_embedding)
+        x = torch.cat([mask_tokens, tokens1d], dim=1)
+        key_mask = torch.cat([keep.new_ones(b, n), keep], dim=1)
+        out = self.decoder(x, key_mask, n)
+        return rearrange(out, "b (h w) c -> b c h w", h=self.grid_size)
+
+    # ------------------------------------------------------------------ public API
+    def _check_images(self, images: Tensor) -> None:
+        s = self.image_size
+        assert images.ndim == 4 and images.shape[1:] == (3, s, s), (
+            f"expected images [B, 3, {s}, {s}] in [0, 1], got {tuple(images.shape)}")
+
+    @torch.no_grad()
+    def encode(self, images: Tensor, epsilon: float | Tensor = 0.05, budget: int | None = None,
+               base_grid: BaseGrid | None = None) -> Encoding:
+        """One encoder pass: which of the first ``budget`` tokens are needed for L1 <= epsilon.
+
+        ``epsilon`` is a float or a per-image tensor [B]; it is rounded up to the next loss bin.
+        ``base_grid`` lets callers reuse a cached ``base_encode(images)``.
+        """
+        budget = self.max_tokens if budget is None else int(budget)
+        images = images.to(self.device)
+        grid = base_grid if base_grid is not None else self.base_encode(images)
+        bin_idx = self.bin_index(epsilon, images.shape[0])
+        z, halt_logits = self.forward_encoder(self.embed_grid(images, grid.features), bin_idx, budget)
+        latents, ids, _ = self.quantize_latents(z)
+        probs = halt_logits.float().sigmoid()
+        keep = probs <= self.config.halt_threshold
+        return Encoding(latents=latents, halting_probs=probs, keep=keep, token_ids=ids,
+                        epsilon=self.loss_bins[bin_idx])
+
+    @torch.no_grad()
+    def decode(self, encoding: Encoding) -> Tensor:
+        head = self.forward_decoder(encoding.latents.to(self.device), encoding.keep.to(self.device))
+        return self.base.decode_head(head).clamp(0, 1)
+
+    @torch.no_grad()
+    def reconstruct(self, images: Tensor, num_tokens: int, epsilon: float = 0.0,
+                    base_grid: BaseGrid | None = None) -> Tensor:
+        """Fixed-token regime: encode with exactly ``num_tokens`` tokens, keep all, decode."""
+        enc = self.encode(images, epsilon=epsilon, budget=num_tokens, base_grid=base_grid)
+        enc.keep = torch.ones_like(enc.keep)
+        return self.decode(enc)
+
+    def keep_prefix(self, encoding: Encoding, k: int | Tensor) -> Encoding:
+        """Encoding with only the first k tokens kept (tail-drop, for prefix-search baselines)."""
+        k = torch.as_tensor(k, device=encoding.keep.device).reshape(-1, 1)
+        idx = torch.arange(encoding.budget, device=encoding.keep.device)[None]
+        return Encoding(encoding.latents, encoding.halting_probs, idx < k, encoding.token_ids,
+                        encoding.epsilon)
+
+
+def pack_kept(tokens: Tensor, keep: Tensor) -> tuple[Tensor, Tensor]:
+    """Move each image's kept tokens to the front, in order, and cut to the longest program.
+
+    tokens [b, k, d], keep [b, k] bool -> packed [b, m, d], valid [b, m] with m = max kc_hat.
+    """
+    b, k, d = tokens.shape
+    counts = keep.sum(-1)
+    m = int(counts.max().item()) if b > 0 else 0
+    # Stable sort: kept (key 0) before halted (key 1), original order preserved.
+    order = torch.sort((~keep).to(torch.int8), dim=1, stable=True).indices[:, :m]
+    packed = torch.gather(tokens, 1, repeat(order, "b m -> b m d", d=d))
+    valid = torch.arange(m, device=keep.device)[None] < counts[:, None]
+    return packed, valid
