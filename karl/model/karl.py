@@ -43,6 +43,11 @@ class Encoding:
         return self.keep.sum(-1)
 
     @property
+    def continuous_kc(self) -> Tensor:
+        """Expected number of kept tokens, sum(1 - halting prob): ranks finer than kc_hat."""
+        return (1 - self.halting_probs).sum(-1)
+
+    @property
     def budget(self) -> int:
         return self.keep.shape[1]
 
