@@ -164,11 +164,11 @@ def _cpu() -> ExperimentConfig:
     # Scale chosen with benchmarks/train_throughput.py: see README "Presets".
     base = BaseTokenizerConfig(kind="conv_ae", latent_dim=16, downsample=8, channels=64,
                                channel_mult=(1, 2, 2, 4), num_res_blocks=1)
-    model = ModelConfig(image_size=64, width=192, encoder_layers=4, decoder_layers=4, heads=4,
-                        num_latent_tokens=96, max_tokens=64, pos_table_size=8, token_dim=12,
-                        halting_hidden=192, base=base)
+    model = ModelConfig(image_size=64, width=128, encoder_layers=4, decoder_layers=4, heads=4,
+                        num_latent_tokens=64, max_tokens=32, pos_table_size=8, token_dim=12,
+                        halting_hidden=128, base=base)
     train = TrainConfig(batch_size=32, lr=4e-4, warmup_steps=200, max_steps=4000,
-                        budget_step=8, budget_max=96, ema_decay=0.999, gan_mid_step=500,
+                        budget_step=4, budget_max=48, ema_decay=0.999, gan_mid_step=500,
                         gan_late_step=2000, disc_ndf=32, disc_layers=3, amp=False,
                         lpips_net="vgg", log_every=20, ckpt_every=100)
     data = DataConfig(source="mixed", path="data_cache/corpus", procedural_fraction=0.3,

@@ -251,9 +251,9 @@ class Trainer:
         if self.dist.world_size > 1:
             dist.all_reduce(bad)
         if bad.item() > 0:
-            self.log({"event": "nonfinite_loss", "step": self.step, "loss": float(loss)})
+            self.log({"event": "nonfinite_loss", "step": self.step, "loss": str(float(loss.detach()))})
             raise NonFiniteLossError(
-                f"non-finite loss ({float(loss)}) at step {self.step}: stopped without saving; "
+                f"non-finite loss ({float(loss.detach())}) at step {self.step}: stopped without saving; "
                 f"the last good state in {self.out / 'state.pt'} is untouched. Lower train.lr or "
                 "disable AMP (train.amp=false) and resume.")
 

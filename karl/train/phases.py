@@ -76,7 +76,7 @@ def eic_phase(model: KARL, images: Tensor, tokens2d: Tensor, budget: int, recon_
             recon_images = model.base.decode_head(head.detach().float())
         e_t = per_image_l1(recon_images.detach().float().clamp(0, 1), images.float())
     parts = {f"eic/{k}": v for k, v in parts.items()}
-    parts.update({"eic/halt_bce": halt.item(), "eic/quant": float(q_loss), "eic/l1": e_t.mean().item()})
+    parts.update({"eic/halt_bce": halt.item(), "eic/quant": float(q_loss.detach()), "eic/l1": e_t.mean().item()})
     return PhaseOutput(loss, parts, recon_images), e_t
 
 
@@ -93,7 +93,7 @@ def ltc_phase(model: KARL, images: Tensor, tokens2d: Tensor, budget: int, e_t: T
     halt = F.binary_cross_entropy_with_logits(halt_logits.float(), labels)
     loss = cfg.token_loss_weight * rec + cfg.quant_loss_weight * q_loss + cfg.halt_loss_weight * halt
     parts = {f"ltc/{k_}": v for k_, v in parts.items()}
-    parts.update({"ltc/halt_bce": halt.item(), "ltc/quant": float(q_loss),
+    parts.update({"ltc/halt_bce": halt.item(), "ltc/quant": float(q_loss.detach()),
                   "ltc/kept": keep.float().sum(-1).mean().item(),
                   "ltc/delta": float(max(0, k - budget))})
     return PhaseOutput(loss, parts, recon_images)

@@ -1,0 +1,186 @@
+"""Training engine: phases, gradients, labels, loss goes down, resume, NaN guard, DDP."""
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+
+from karl import build_model, load_pretrained, save_pretrained
+from karl.config import load_config
+from karl.losses import pixel_recon_fn, token_recon_fn, PixelLoss
+from karl.train.phases import (budget_choices, eic_phase, halting_labels, karl_iteration, ltc_phase,
+                               _bind_target)
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _cfg(tmp_path, *overrides):
+    return load_config(preset_name="tiny", overrides=[f"train.out_dir={tmp_path}", *overrides])
+
+
+def _batches(seed=0, n=8, size=32):
+    g = torch.Generator().manual_seed(seed)
+    # Smooth random images (low-frequency), so the tiny model can make progress quickly.
+    while True:
+        low = torch.rand(n, 3, 4, 4, generator=g)
+        yield torch.nn.functional.interpolate(low, size=size, mode="bilinear", align_corners=False)
+
+
+def test_budget_choices_follow_the_release():
+    cfg = load_config(preset_name="small")
+    assert budget_choices(cfg.train) == list(range(16, 369, 16))
+
+
+def test_halting_labels_match_delta():
+    labels = halting_labels(2, max_tokens=16, budget=12, device=torch.device("cpu"))
+    assert labels.shape == (2, 16)
+    assert labels[:, :12].sum() == 0 and labels[:, 12:].eq(1).all()     # Delta = 16 - 12 = 4
+    assert halting_labels(1, 16, 16, torch.device("cpu")).sum() == 0     # Delta = 0: keep all
+    assert halting_labels(1, 16, 24, torch.device("cpu")).sum() == 0     # T > max: Delta = 0
+
+
+def _grads_of(model, loss):
+    model.zero_grad(set_to_none=True)
+    loss.backward()
+    return {n for n, p in model.named_parameters() if p.requires_grad and p.grad is not None
+            and p.grad.abs().sum() > 0}
+
+
+@pytest.mark.parametrize("quantize", [False, True])
+def test_every_trainable_parameter_gets_a_gradient_in_each_phase_stage1(quantize):
+    cfg = load_config(preset_name="tiny")
+    model = build_model(replace(cfg.model, quantize=quantize, codebook_size=32), seed=0).train()
+    model.base.requires_grad_(False)   # stage 1: the base tokenizer is frozen (paper)
+    images = next(_batches())
+    grid = model.base_encode(images)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    fn = _bind_target(token_recon_fn(model.base), grid.target)
+    gen = torch.Generator().manual_seed(0)
+    eic, e_t = eic_phase(model, images, model.embed_grid(images, grid.features), 8, fn, cfg.train, gen)
+    missing = trainable - _grads_of(model, eic.loss)
+    assert missing == set(), f"EIC: no gradient for {sorted(missing)}"
+    ltc = ltc_phase(model, images, model.embed_grid(images, grid.features), 8, e_t, fn, cfg.train)
+    missing = trainable - _grads_of(model, ltc.loss)
+    assert missing == set(), f"LTC: no gradient for {sorted(missing)}"
+    assert e_t.shape == (8,) and (e_t >= 0).all()
+
+
+def test_every_parameter_gets_a_gradient_stage2():
+    cfg = load_config(preset_name="tiny")
+    model = build_model("tiny", seed=0).train()
+    images = next(_batches())
+    fn = pixel_recon_fn(model.base, images, PixelLoss(None, 0.0), None, 0.0, None)
+    loss, parts, recon = karl_iteration(model, images, fn, cfg.train, torch.Generator().manual_seed(0),
+                                        budget=8, base_trainable=True)
+    missing = {n for n, _ in model.named_parameters()} - _grads_of(model, loss)
+    assert missing == set(), f"stage 2: no gradient for {sorted(missing)}"
+    assert recon["ltc"].shape == images.shape
+
+
+def test_short_training_lowers_the_loss(tmp_path):
+    from karl.train.loop import Trainer
+    cfg = _cfg(tmp_path, "stage=1", "train.max_steps=60", "train.log_every=10", "train.ckpt_every=1000",
+               "train.lr=3e-3")
+    trainer = Trainer(cfg, show_progress=False)
+    trainer.run(_batches())
+    logs = [json.loads(l) for l in (tmp_path / "log.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in logs if "loss" in r and "event" not in r]
+    assert len(losses) == 6
+    assert losses[-1] < losses[0], losses
+    assert (tmp_path / "release" / "model.safetensors").exists()
+
+
+def test_stage0_and_stage2_run(tmp_path):
+    from karl.train.loop import Trainer
+    t0 = Trainer(_cfg(tmp_path / "s0", "stage=0", "train.max_steps=3", "train.lpips_weight=0"),
+                 show_progress=False)
+    t0.run(_batches())
+    cfg2 = _cfg(tmp_path / "s2", "stage=2", "train.max_steps=3", "train.gan_mid_step=1",
+                f"train.init_from={tmp_path / 's0' / 'release'}", "train.lpips_weight=0")
+    t2 = Trainer(cfg2, show_progress=False)
+    parts = t2.run(_batches())
+    assert t2.step == 3 and "d_loss" in parts and "ltc/g_loss" in parts and "eic/d_weight" in parts
+
+
+def test_kill_and_resume_continues_from_saved_step(tmp_path):
+    from karl.train.loop import Trainer
+    cfg = _cfg(tmp_path, "stage=1", "train.max_steps=10", "train.ckpt_every=4")
+    first = Trainer(cfg, show_progress=False)
+    data = _batches()
+    with pytest.raises(KeyboardInterrupt):
+        for i in range(10):
+            first.train_step(next(data))
+            if first.step % 4 == 0:
+                first.save_state()
+            if first.step == 6:
+                raise KeyboardInterrupt  # simulated kill after the step-4 checkpoint
+    resumed = Trainer(cfg, show_progress=False)
+    assert resumed.step == 4
+    assert torch.equal(resumed.model.latent_tokens, torch.load(tmp_path / "state.pt", weights_only=True)
+                       ["model"]["latent_tokens"])
+    resumed.run(_batches(seed=1))
+    assert resumed.step == 10
+    state = torch.load(tmp_path / "state.pt", weights_only=True)   # plain types only
+    assert state["step"] == 10
+
+
+def test_nonfinite_loss_stops_without_overwriting_state(tmp_path):
+    from karl.train.loop import NonFiniteLossError, Trainer
+    cfg = _cfg(tmp_path, "stage=1", "train.max_steps=5", "train.ckpt_every=2")
+    trainer = Trainer(cfg, show_progress=False)
+    data = _batches()
+    for _ in range(2):
+        trainer.train_step(next(data))
+    trainer.save_state()
+    before = (tmp_path / "state.pt").read_bytes()
+    with torch.no_grad():
+        trainer.model.latent_tokens.fill_(float("nan"))
+    with pytest.raises(NonFiniteLossError, match="non-finite loss"):
+        trainer.run(data)
+    assert (tmp_path / "state.pt").read_bytes() == before
+
+
+def test_save_load_round_trip_is_bitwise(tmp_path, tiny_images):
+    model = build_model("tiny", seed=3).eval()
+    save_pretrained(model, tmp_path / "rel")
+    loaded = load_pretrained(tmp_path / "rel")
+    for (k, a), (k2, b) in zip(model.state_dict().items(), loaded.state_dict().items()):
+        assert k == k2 and torch.equal(a, b), k
+    enc_a, enc_b = model.encode(tiny_images), loaded.encode(tiny_images)
+    assert torch.equal(model.decode(enc_a), loaded.decode(enc_b))
+
+
+def test_loading_a_mismatched_checkpoint_names_the_keys(tmp_path):
+    from karl.checkpoint import CheckpointError
+    save_pretrained(build_model("tiny"), tmp_path / "rel")
+    cfg = json.loads((tmp_path / "rel" / "config.json").read_text())
+    cfg["model"]["width"] = 48
+    (tmp_path / "rel" / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(CheckpointError, match="shape mismatch"):
+        load_pretrained(tmp_path / "rel")
+    with pytest.raises(CheckpointError, match="not a KARL release"):
+        load_pretrained(tmp_path / "nothing")
+
+
+def test_cli_rejects_config_typos(tmp_path):
+    from karl.cli import train_main
+    assert train_main(["--preset", "tiny", "train.lrr=1"]) == 2
+
+
+@pytest.mark.slow
+def test_torchrun_two_process_gloo_smoke(tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
+           "-m", "karl.cli", "train", "--preset", "tiny", "stage=1", "train.max_steps=3",
+           "train.batch_size=4", f"train.out_dir={tmp_path}", "data.source=synthetic"]
+    res = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
+    assert res.returncode == 0, res.stderr[-3000:]
+    logs = [json.loads(l) for l in (tmp_path / "log.jsonl").read_text().splitlines()]
+    start = next(r for r in logs if r.get("event") == "start")
+    assert start["world_size"] == 2
+    assert any(r.get("event") == "end" and r["step"] == 3 for r in logs)
