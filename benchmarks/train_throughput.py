@@ -76,6 +76,8 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=None)
     p.add_argument("--iters", type=int, default=3)
     args = p.parse_args()
+    from karl.runtime import tune_cpu_backends
+    tune_cpu_backends(verbose=True)
     devices = [args.device] if args.device else ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}")
     print(f"{'preset':8} {'device':6} {'batch':>5} {'params(M)':>9} {'train img/s':>12} {'infer img/s':>12}")

@@ -25,7 +25,9 @@ def train_main(argv: list[str] | None = None) -> int:
     except (ConfigError, FileNotFoundError) as e:
         print(f"karl-train: {e}", file=sys.stderr)
         return 2
+    from karl.runtime import tune_cpu_backends
     from karl.train.loop import NonFiniteLossError, train
+    tune_cpu_backends(verbose=True)
     try:
         trainer = train(cfg, restart=args.restart, device=args.device)
     except NonFiniteLossError as e:

@@ -162,7 +162,7 @@ def _tiny() -> ExperimentConfig:
 
 def _cpu() -> ExperimentConfig:
     # Scale chosen with benchmarks/train_throughput.py: see README "Presets".
-    base = BaseTokenizerConfig(kind="conv_ae", latent_dim=16, downsample=8, channels=64,
+    base = BaseTokenizerConfig(kind="conv_ae", latent_dim=16, downsample=8, channels=32,
                                channel_mult=(1, 2, 2, 4), num_res_blocks=1)
     model = ModelConfig(image_size=64, width=128, encoder_layers=4, decoder_layers=4, heads=4,
                         num_latent_tokens=64, max_tokens=32, pos_table_size=8, token_dim=12,

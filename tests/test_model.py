@@ -105,3 +105,10 @@ def test_cpu_preset_builds():
     model = build_model("cpu", seed=0)
     assert model.image_size >= 64
     assert model.grid_size == 8
+
+
+def test_keep_prefix_int_and_per_image(tiny_model, tiny_images):
+    enc = tiny_model.encode(tiny_images)
+    assert tiny_model.keep_prefix(enc, 5).kc_hat.tolist() == [5, 5, 5]
+    assert tiny_model.keep_prefix(enc, torch.tensor([1, 2, 3])).kc_hat.tolist() == [1, 2, 3]
+    assert tiny_model.decode(tiny_model.keep_prefix(enc, 5)).shape == tiny_images.shape

@@ -259,7 +259,8 @@ class KARL(nn.Module):
 
     def keep_prefix(self, encoding: Encoding, k: int | Tensor) -> Encoding:
         """Encoding with only the first k tokens kept (tail-drop, for prefix-search baselines)."""
-        k = torch.as_tensor(k, device=encoding.keep.device).reshape(-1, 1)
+        b = encoding.keep.shape[0]
+        k = torch.as_tensor(k, device=encoding.keep.device).reshape(-1, 1).expand(b, 1)
         idx = torch.arange(encoding.budget, device=encoding.keep.device)[None]
         return Encoding(encoding.latents, encoding.halting_probs, idx < k, encoding.token_ids,
                         encoding.epsilon)

@@ -1,0 +1,107 @@
+"""Analysis 1: the halting probability of each 1D token of one image, across epsilons.
+
+A token is kept when its halting probability is <= the threshold (0.75, KARL_FACTS
+section 1); KC-hat is the number of kept tokens and the continuous complexity is
+sum(1 - p), the expected number of kept tokens.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+from torch import Tensor
+
+from analysis._common import HALTED_COLOR, KEPT_COLOR, THRESHOLD_COLOR, Exportable, encode_many
+from karl.config import LOSS_BINS
+
+
+@dataclass
+class HaltingData(Exportable):
+    epsilons: np.ndarray       # [E] requested epsilons (the model rounds each up to its loss bin)
+    probs: np.ndarray          # [E, K] halting probability per token
+    keep: np.ndarray           # [E, K] bool, probs <= threshold
+    threshold: float
+    kc_hat: np.ndarray         # [E] kept-token count
+    continuous_kc: np.ndarray  # [E] sum(1 - probs)
+
+    @property
+    def num_tokens(self) -> int:
+        return self.probs.shape[1]
+
+    def index_of(self, epsilon: float) -> int:
+        """Row of the epsilon nearest to ``epsilon`` (in log space)."""
+        return int(np.argmin(np.abs(np.log(np.maximum(self.epsilons, 1e-9)) - np.log(max(epsilon, 1e-9)))))
+
+    def to_frame(self) -> pd.DataFrame:
+        """Long format: one row per (epsilon, token)."""
+        e, k = self.probs.shape
+        return pd.DataFrame({
+            "epsilon": np.repeat(self.epsilons, k),
+            "token": np.tile(np.arange(1, k + 1), e),
+            "halting_prob": self.probs.reshape(-1),
+            "kept": self.keep.reshape(-1),
+            "kc_hat": np.repeat(self.kc_hat, k),
+            "continuous_kc": np.repeat(self.continuous_kc, k),
+        })
+
+
+def compute_halting(model, image: Tensor, epsilons: Sequence[float] = LOSS_BINS,
+                    budget: int | None = None) -> HaltingData:
+    """Halting probabilities of the first ``budget`` tokens of ``image`` [3, H, W] at each epsilon.
+
+    All epsilons go through the encoder in one batch (the image repeated E times).
+    """
+    assert image.ndim == 3, f"expected one image [3, H, W], got {tuple(image.shape)}"
+    probs, keep = encode_many(model, image[None], epsilons, budget=budget,
+                              batch_size=max(64, len(epsilons)))
+    probs, keep = probs[0], keep[0]                                         # [E, K]
+    return HaltingData(epsilons=np.asarray(epsilons, dtype=np.float64), probs=probs, keep=keep,
+                       threshold=float(model.config.halt_threshold),
+                       kc_hat=keep.sum(-1).astype(np.int64),
+                       continuous_kc=(1.0 - probs).sum(-1))
+
+
+def plot_halting(data: HaltingData, epsilon: float):
+    """Bar per token (kept / halted colours) at the epsilon nearest ``epsilon``; dashed threshold."""
+    import plotly.graph_objects as go
+
+    i = data.index_of(epsilon)
+    tokens = np.arange(1, data.num_tokens + 1)
+    fig = go.Figure()
+    for name, mask, color in (("kept", data.keep[i], KEPT_COLOR), ("halted", ~data.keep[i], HALTED_COLOR)):
+        fig.add_trace(go.Bar(x=tokens[mask], y=data.probs[i][mask], name=name, marker_color=color,
+                             hovertemplate="token %{x}<br>p(halt) = %{y:.3f}<extra>" + name + "</extra>"))
+    fig.add_hline(y=data.threshold, line_dash="dash", line_color=THRESHOLD_COLOR,
+                  annotation_text=f"threshold {data.threshold:g}", annotation_position="top left")
+    fig.update_layout(
+        title=(f"Halting probability per token at epsilon = {data.epsilons[i]:g}: KC-hat = "
+               f"{int(data.kc_hat[i])} / {data.num_tokens} (expected kept {data.continuous_kc[i]:.1f})"),
+        xaxis_title="1D token index", yaxis_title="halting probability", yaxis_range=[0, 1.02],
+        barmode="overlay", bargap=0.1, template="plotly_white", legend_orientation="h",
+        legend_y=-0.2)
+    return fig
+
+
+def plot_halting_heatmap(data: HaltingData):
+    """Heatmap tokens x epsilon of the halting probability, with KC-hat per epsilon overlaid."""
+    import plotly.graph_objects as go
+
+    labels = [f"{e:g}" for e in data.epsilons]
+    tokens = np.arange(1, data.num_tokens + 1)
+    fig = go.Figure(go.Heatmap(
+        z=data.probs, x=tokens, y=labels, zmin=0, zmax=1, colorscale="Viridis",
+        colorbar_title="p(halt)",
+        hovertemplate="token %{x}<br>epsilon %{y}<br>p(halt) = %{z:.3f}<extra></extra>"))
+    # The boundary of the kept set: KC-hat per epsilon (tokens are not always kept as a prefix).
+    fig.add_trace(go.Scatter(x=data.kc_hat + 0.5, y=labels, mode="lines+markers", name="KC-hat",
+                             line=dict(color=THRESHOLD_COLOR, shape="hv"),
+                             hovertemplate="epsilon %{y}: KC-hat %{customdata}<extra></extra>",
+                             customdata=data.kc_hat))
+    fig.update_layout(title="Halting probabilities across epsilons (line: KC-hat)",
+                      xaxis_title="1D token index", yaxis_title="epsilon (loss bin)",
+                      yaxis_type="category", template="plotly_white", legend_orientation="h",
+                      legend_y=-0.2)
+    return fig

@@ -1,0 +1,391 @@
+"""One self-contained HTML report of every analysis, plus a CSV per analysis.
+
+    python -m analysis.report --checkpoint assets/checkpoints/karl_cpu --data corpus --out report.html
+    python -m analysis.report --checkpoint DIR --data path/to/images --human path/to/Savoias --out r.html
+
+``--data``: a folder of images, ``procedural`` (generated images) or ``corpus`` (the
+offline photo corpus in ``data_cache/corpus``, built on first use). At most
+``--max-images`` images (default 64) are used, so the report builds on a CPU in minutes.
+Plotly's JavaScript is inlined once, so the file works offline.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import html
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import Tensor
+
+from analysis import (compute_delta, compute_description_length, compute_gallery, compute_halting,
+                      compute_human_correlations, compute_kc_curve, compute_model_complexity,
+                      compute_token_sweep, gallery_html, plot_description_length, plot_halting,
+                      plot_halting_heatmap, plot_human_correlations, plot_human_heatmap, plot_kc_curve,
+                      plot_kc_vs_delta, plot_token_sweep, standard_probe_images)
+from analysis._common import check_images
+from analysis.gallery import _thumb_uri
+from analysis.human import classic_proxies, load_human, subsample_per_category
+
+CORPUS_DIR = Path("data_cache/corpus")
+BUNDLED_CHECKPOINT = Path("assets/checkpoints/karl_cpu")
+SECTIONS = {
+    "model": "Model and data",
+    "halting": "1. Halting probability per token",
+    "kc_curve": "2. KC-hat vs epsilon",
+    "structure": "3. Structure vs noise",
+    "gallery": "4. Data-set complexity gallery",
+    "human": "5. Human complexity",
+    "description": "6. Known description length",
+}
+
+
+# ----------------------------------------------------------------------------- data loading
+
+def load_image_folder(root: str | Path, size: int, max_images: int | None = 64,
+                      seed: int = 0) -> tuple[Tensor, list[str]]:
+    """Images of a folder (recursive; a seeded subset of ``max_images`` when larger),
+    preprocessed to ``size`` -> ([N, 3, size, size], relative names). Unreadable files are skipped."""
+    from karl.data.images import ImageLoadError, list_images, load_image, preprocess
+
+    root = Path(root)
+    paths = [root] if root.is_file() else list_images(root)
+    if max_images is not None and len(paths) > max_images:
+        keep = np.sort(np.random.default_rng(seed).choice(len(paths), max_images, replace=False))
+        paths = [paths[i] for i in keep]
+    images, names = [], []
+    for p in paths:
+        try:
+            images.append(preprocess(load_image(p), size))
+        except ImageLoadError as err:
+            warnings.warn(f"skipping {err}", stacklevel=2)
+            continue
+        names.append(str(p.relative_to(root)) if root.is_dir() else p.name)
+    if not images:
+        raise FileNotFoundError(f"no readable images under {root}")
+    return torch.stack(images), names
+
+
+def ensure_corpus(root: Path = CORPUS_DIR) -> Path:
+    """The offline photo corpus; built with ``python -m karl.data.corpus`` when missing."""
+    has_images = root.is_dir() and any(p.suffix.lower() in (".png", ".jpg", ".jpeg") for p in root.rglob("*"))
+    if not has_images:
+        import importlib.util
+        if importlib.util.find_spec("karl.data.corpus") is None:
+            raise FileNotFoundError(f"no photo corpus in {root} and no karl.data.corpus to build it; "
+                                    "pass --data FOLDER or --data procedural")
+        print(f"analysis.report: building the photo corpus in {root} (once)", file=sys.stderr)
+        subprocess.run([sys.executable, "-m", "karl.data.corpus", "--out", str(root)], check=True)
+    return root
+
+
+def load_data(spec: str, size: int, max_images: int = 64, seed: int = 0) -> tuple[Tensor, list[str], str]:
+    """``--data`` -> (images [N, 3, size, size], names, a one-line description)."""
+    if spec == "procedural":
+        from karl.data import procedural
+        images, samples = procedural.batch(max_images, size, seed)
+        names = [f"{s.family}-{s.seed}" for s in samples]
+        return images, names, f"{len(names)} procedural images (seed {seed})"
+    if spec == "corpus":
+        return load_corpus(ensure_corpus(), size, max_images, seed)
+    root = Path(spec)
+    images, names = load_image_folder(root, size, max_images, seed)
+    return images, names, f"{len(names)} images from {root}"
+
+
+def load_corpus(root: Path, size: int, max_images: int = 64, seed: int = 0) -> tuple[Tensor, list[str], str]:
+    """The corpus photos whole (centre-cropped); when there are fewer than ``max_images``,
+    topped up with deterministic multi-scale crops of them (named ``<photo>@crop<i>``)."""
+    from karl.data.corpus import FixedCropDataset
+
+    images, names = load_image_folder(root, size, max_images, seed)
+    extra = max_images - len(names)
+    if extra > 0:
+        crops = FixedCropDataset(root, size, crops_per_image=-(-extra // len(names)), seed=seed)
+        step = max(1, len(crops) // extra)
+        picks = list(range(0, len(crops), step))[:extra]
+        images = torch.cat([images, torch.stack([crops[i] for i in picks])])
+        names += [f"{Path(crops.entries[i // crops.k]['file']).name}@crop{i % crops.k}" for i in picks]
+    n_whole = min(len(names), max_images) - max(extra, 0)
+    return images, names, f"{len(names)} images from {root} ({n_whole} whole photos, the rest crops)"
+
+
+def load_model(checkpoint: str | None, preset: str | None = None, trust_official: bool = False,
+               device: str = "cpu"):
+    """A release directory, an authors' ``.pth`` (needs ``trust_official``), or a random preset."""
+    import karl
+
+    if preset is not None:
+        return karl.build_model(preset, seed=0).to(device).eval(), f"random weights, preset {preset!r}"
+    path = Path(checkpoint) if checkpoint else BUNDLED_CHECKPOINT
+    if not path.exists():
+        raise FileNotFoundError(f"checkpoint {path} does not exist (train the bundled model with "
+                                "scripts/train_cpu_model.sh, or pass --checkpoint / --preset tiny)")
+    if path.is_file() and path.suffix == ".pth":
+        return karl.load_official(path, trust=trust_official, device=device).eval(), str(path)
+    return karl.load_pretrained(path, device=device).eval(), str(path)
+
+
+# ----------------------------------------------------------------------------- HTML pieces
+
+def _fig_html(fig) -> str:
+    return fig.to_html(full_html=False, include_plotlyjs=False, config={"responsive": True},
+                       default_height=420)
+
+
+def _table(df: pd.DataFrame, max_rows: int = 40) -> str:
+    shown = df if len(df) <= max_rows else df.head(max_rows)
+    note = "" if len(df) <= max_rows else f"<p class='note'>first {max_rows} of {len(df)} rows (all in the CSV)</p>"
+    return shown.to_html(index=False, float_format=lambda v: f"{v:.4g}", border=0, classes="num",
+                         na_rep="n/a") + note
+
+
+def _details(summary: str, body: str) -> str:
+    return f"<details><summary>{html.escape(summary)}</summary>{body}</details>"
+
+
+def _csv_note(paths: list[Path], out_dir: Path) -> str:
+    rel = ", ".join(f"<code>{html.escape(str(p.relative_to(out_dir)) if p.is_relative_to(out_dir) else str(p))}</code>"
+                    for p in paths)
+    return f"<p class='note'>Data: {rel}</p>"
+
+
+_STYLE = """
+body{font-family:system-ui,sans-serif;max-width:1150px;margin:2em auto;padding:0 1em;color:#222}
+h1{margin-bottom:0.2em} h2{border-bottom:2px solid #264653;padding-bottom:0.2em;margin-top:2em}
+table.num{border-collapse:collapse;font-size:13px;margin:0.5em 0}
+table.num td,table.num th{padding:2px 8px;border-bottom:1px solid #eee;text-align:right}
+.note{color:#666;font-size:13px} .probe{display:inline-block;text-align:center;margin:4px;font-size:12px}
+.probe img{image-rendering:pixelated;display:block} nav a{margin-right:1em}
+"""
+
+
+def _page(title: str, body: str) -> str:
+    import plotly.offline
+
+    return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+            f"<style>{_STYLE}</style><script type='text/javascript'>{plotly.offline.get_plotlyjs()}</script>"
+            f"</head><body>{body}</body></html>")
+
+
+# ----------------------------------------------------------------------------- the report
+
+def _human_frame(model, human_df: pd.DataFrame, epsilon: float, batch_size: int) -> pd.DataFrame:
+    """Add kc_hat, continuous_kc and the classic proxies to a frame of (path, category, human_score)."""
+    from analysis.human import PROXIES
+
+    df = human_df.reset_index(drop=True).copy()
+    if "kc_hat" not in df.columns or "continuous_kc" not in df.columns:
+        images, _ = _load_paths(df["path"], model.image_size)
+        kc = compute_model_complexity(model, images, epsilon, batch_size, show_progress=True)
+        df["kc_hat"], df["continuous_kc"] = kc["kc_hat"].to_numpy(), kc["continuous_kc"].to_numpy()
+    if not set(PROXIES) <= set(df.columns):
+        px = classic_proxies(list(df["path"]), show_progress=True)
+        for c in PROXIES:
+            df[c] = px[c].to_numpy()
+    return df
+
+
+def _load_paths(paths: Sequence[str], size: int) -> tuple[Tensor, list[str]]:
+    from karl.data.images import load_image, preprocess
+    from analysis._common import progress
+
+    imgs = [preprocess(load_image(p), size) for p in progress(list(paths), desc="load", total=len(paths))]
+    return torch.stack(imgs), [str(p) for p in paths]
+
+
+def build_report(model, images: Tensor, names: Sequence[str], out_html: str | Path,
+                 human_df: pd.DataFrame | None = None, *, epsilon: float = 0.05,
+                 csv_dir: str | Path | None = None, n_per_family: int = 6, seed: int = 0,
+                 n_boot: int = 1000, bucket_size: int | None = None, batch_size: int = 64,
+                 title: str = "KARL complexity report", model_desc: str = "",
+                 data_desc: str = "") -> Path:
+    """Run every analysis on ``images`` [N, 3, S, S] (S = model.image_size) and write the report.
+
+    Args:
+        human_df: optional human scores, DataFrame(path, category, human_score) as returned
+            by :func:`analysis.human.load_savoias` / ``load_scores_csv``; KC-hat and the classic
+            proxies are computed here when the frame lacks them.
+        csv_dir: where the CSVs go (default: ``<out stem>_data/`` next to the HTML).
+        bucket_size: KC-hat bucket width of the gallery and the heatmap (default max_tokens / 8).
+
+    Returns the path of the HTML file.
+    """
+    out_html = Path(out_html)
+    out_dir = out_html.parent
+    csv_dir = Path(csv_dir) if csv_dir is not None else out_dir / f"{out_html.stem}_data"
+    csv_dir.mkdir(parents=True, exist_ok=True)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    images = check_images(images, model.image_size)
+    names = list(names)
+    assert len(names) == images.shape[0], f"{len(names)} names for {images.shape[0]} images"
+    k_max, size = int(model.max_tokens), int(model.image_size)
+    bucket_size = bucket_size or max(1, k_max // 8)
+    parts: list[str] = []
+
+    def section(key: str, *body: str) -> None:
+        parts.append(f"<section id='{key}'><h2>{html.escape(SECTIONS[key])}</h2>{''.join(body)}</section>")
+
+    def save(obj, name: str) -> Path:
+        path = csv_dir / name
+        (obj if isinstance(obj, pd.DataFrame) else obj.to_frame()).to_csv(path, index=False)
+        return path
+
+    steps = ["kc curve", "halting", "structure vs noise", "gallery", "human", "description length"]
+    from tqdm.auto import tqdm
+    bar = tqdm(total=len(steps), desc="report")
+
+    # The data-set curve (section 2) first: it picks the representative image of section 1.
+    curve = compute_kc_curve(model, images, batch_size=batch_size, names=names, show_progress=True)
+    e_idx = int(np.argmin(np.abs(curve.epsilons - epsilon)))
+    kc_eps = curve.kc_hat[:, e_idx]
+    rep = int(np.argsort(kc_eps, kind="stable")[len(kc_eps) // 2])  # median KC-hat image
+    bar.update()
+
+    cfg = model.config
+    info = pd.DataFrame({"item": ["model", "image size", "max tokens (K)", "width / layers",
+                                  "base tokenizer", "quantised", "data", "epsilon", "generated"],
+                         "value": [model_desc or type(model).__name__, f"{size} x {size}", k_max,
+                                   f"{cfg.width} / {cfg.encoder_layers}+{cfg.decoder_layers}",
+                                   cfg.base.kind, cfg.quantize, data_desc or f"{len(names)} images",
+                                   epsilon, _dt.datetime.now().isoformat(timespec="seconds")]})
+    nav = " ".join(f"<a href='#{k}'>{html.escape(v)}</a>" for k, v in SECTIONS.items())
+    parts.append(f"<h1>{html.escape(title)}</h1><nav>{nav}</nav>")
+    section("model", info.to_html(index=False, border=0, classes="num"),
+            "<p class='note'>KC-hat(x; epsilon) is the number of 1D tokens KARL keeps (halting "
+            f"probability <= {cfg.halt_threshold:g}) to reconstruct x within pixel L1 epsilon; "
+            "sum(1 - p) is its continuous version (expected kept tokens).</p>")
+
+    # 1. Halting per token for the representative image.
+    halting = compute_halting(model, images[rep])
+    p_halt = save(halting, "halting.csv")
+    section("halting",
+            f"<p>Image <b>{html.escape(names[rep])}</b> (median KC-hat of the data set at epsilon "
+            f"{epsilon:g}): <img src='{_thumb_uri(images[rep].cpu(), 96)}' width=96 height=96 "
+            "style='vertical-align:middle;image-rendering:pixelated'></p>",
+            _fig_html(plot_halting(halting, epsilon)), _fig_html(plot_halting_heatmap(halting)),
+            _details("KC-hat of this image per epsilon", _table(pd.DataFrame(
+                {"epsilon": halting.epsilons, "kc_hat": halting.kc_hat,
+                 "continuous_kc": halting.continuous_kc}))),
+            _csv_note([p_halt], out_dir))
+    bar.update()
+
+    single = compute_kc_curve(model, images[rep:rep + 1], names=[names[rep]])
+    p_curve, p_sum = save(curve, "kc_curve.csv"), save(curve.summary(), "kc_curve_summary.csv")
+    named = names if len(names) <= 8 else None
+    section("kc_curve", _fig_html(plot_kc_curve(single, mark_epsilon=epsilon)),
+            _fig_html(plot_kc_curve(curve, mark_epsilon=epsilon, names=named)),
+            _table(curve.summary(), 25), _csv_note([p_curve, p_sum], out_dir))
+
+    # 3. Structure vs noise.
+    probes, probe_names = standard_probe_images(size, seed=seed)
+    sweep = compute_token_sweep(model, probes, probe_names, batch_size=batch_size)
+    all_images = torch.cat([probes, images])
+    delta = compute_delta(model, all_images, epsilon=epsilon, names=probe_names + names,
+                          batch_size=batch_size, show_progress=True)
+    labels = probe_names + ["data set"] * len(names)
+    p_sweep, p_delta = save(sweep, "token_sweep.csv"), save(delta, "delta.csv")
+    thumbs = "".join(f"<span class='probe'><img src='{_thumb_uri(probes[i], 72)}' width=72 height=72>"
+                     f"{html.escape(n)}</span>" for i, n in enumerate(probe_names))
+    sweep_table = sweep.to_frame().pivot(index="image", columns="tokens", values="l1").reset_index()
+    sweep_table.columns = ["image"] + [f"L1 @ {c}" for c in sweep_table.columns[1:]]
+    section("structure", f"<div>{thumbs}</div>", _fig_html(plot_token_sweep(sweep)), _table(sweep_table),
+            f"<p>Delta = L1({delta.small_budget} tokens) - L1({delta.full_budget} tokens): how much "
+            "the extra tokens help. Noise: high KC-hat, Delta ~ 0; simple structure: low KC-hat.</p>",
+            _fig_html(plot_kc_vs_delta(delta, labels)), _table(delta.to_frame().head(len(probe_names))),
+            _csv_note([p_sweep, p_delta], out_dir))
+    bar.update()
+
+    # 4. Gallery.
+    gal = compute_gallery(kc_eps, bucket_size, names)
+    p_gal = save(gal, "gallery.csv")
+    counts = gal.to_frame().groupby(["bucket_low", "bucket_high"]).size().reset_index(name="images")
+    section("gallery", gallery_html(images.cpu(), kc_eps, bucket_size, names,
+                                    title=f"KC-hat at epsilon {epsilon:g}, buckets of {bucket_size} tokens"),
+            _table(counts), _csv_note([p_gal], out_dir))
+    bar.update()
+
+    # 5. Human complexity.
+    if human_df is not None and len(human_df):
+        hdf = _human_frame(model, human_df, epsilon, batch_size)
+        corr = compute_human_correlations(hdf, n_boot=n_boot, seed=seed)
+        p_scores, p_corr = save(hdf, "human_scores.csv"), save(corr, "human_correlations.csv")
+        per_cat = "".join(_fig_html(plot_human_heatmap(hdf, max_tokens=k_max, kc_bucket=bucket_size,
+                                                       category=c)) for c in hdf["category"].unique())
+        section("human", f"<p>{len(hdf)} images in {hdf['category'].nunique()} categories; correlations "
+                f"are within a category, 95% bootstrap CIs ({n_boot} resamples).</p>",
+                _fig_html(plot_human_correlations(corr, "spearman")),
+                _fig_html(plot_human_correlations(corr, "pearson")), _table(corr, 60),
+                _fig_html(plot_human_heatmap(hdf, max_tokens=k_max, kc_bucket=bucket_size)),
+                _details("Heatmap per category", per_cat), _csv_note([p_scores, p_corr], out_dir))
+    else:
+        section("human", "<p class='note'>No human scores given. Pass <code>--human PATH</code> "
+                "(the Savoias folder or a CSV of scores) to correlate KC-hat with human "
+                "complexity; see docs/ANALYSIS.md.</p>")
+    bar.update()
+
+    # 6. Description length of procedural images.
+    dl = compute_description_length(model, n_per_family=n_per_family, size=size, seed=seed,
+                                    epsilon=epsilon, batch_size=batch_size)
+    p_dl, p_dlc = save(dl.samples, "description_length.csv"), save(dl.correlations,
+                                                                   "description_length_correlations.csv")
+    section("description", _fig_html(plot_description_length(dl)), _table(dl.correlations),
+            _csv_note([p_dl, p_dlc], out_dir))
+    bar.update()
+    bar.close()
+
+    out_html.write_text(_page(title, "".join(parts)), encoding="utf-8")
+    return out_html
+
+
+# ----------------------------------------------------------------------------- CLI
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m analysis.report", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    src = ap.add_mutually_exclusive_group()
+    src.add_argument("--checkpoint", help=f"release directory (default {BUNDLED_CHECKPOINT}) or an "
+                     "authors' .pth (with --trust-official)")
+    src.add_argument("--preset", help="random weights of a preset instead (e.g. tiny): smoke tests")
+    ap.add_argument("--trust-official", action="store_true",
+                    help="allow unpickling an authors' .pth checkpoint (only for files you trust)")
+    ap.add_argument("--data", default="corpus", help="image folder, 'procedural' or 'corpus' (default)")
+    ap.add_argument("--max-images", type=int, default=64)
+    ap.add_argument("--human", help="Savoias root folder or a CSV of human scores")
+    ap.add_argument("--human-images", help="image root for the paths of a --human CSV (default: its folder)")
+    ap.add_argument("--max-human-images", type=int, default=None,
+                    help="at most this many images per human category (seeded subset)")
+    ap.add_argument("--out", default="report.html")
+    ap.add_argument("--csv-dir", help="where the CSVs go (default: <out stem>_data/)")
+    ap.add_argument("--epsilon", type=float, default=0.05)
+    ap.add_argument("--n-per-family", type=int, default=6)
+    ap.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the CIs")
+    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = ap.parse_args(argv)
+
+    model, model_desc = load_model(args.checkpoint, args.preset, args.trust_official, args.device)
+    images, names, data_desc = load_data(args.data, model.image_size, args.max_images, args.seed)
+    human_df = None
+    if args.human:
+        human_df = load_human(args.human, args.human_images)
+        if args.max_human_images:
+            human_df = subsample_per_category(human_df, args.max_human_images, args.seed)
+    out = build_report(model, images, names, args.out, human_df, epsilon=args.epsilon,
+                       csv_dir=args.csv_dir, n_per_family=args.n_per_family, seed=args.seed,
+                       n_boot=args.bootstrap, batch_size=args.batch_size, model_desc=model_desc,
+                       data_desc=data_desc)
+    print(f"wrote {out} (CSVs in {Path(args.csv_dir) if args.csv_dir else out.parent / (out.stem + '_data')})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
