@@ -167,10 +167,10 @@ def _cpu() -> ExperimentConfig:
     model = ModelConfig(image_size=64, width=128, encoder_layers=4, decoder_layers=4, heads=4,
                         num_latent_tokens=64, max_tokens=32, pos_table_size=8, token_dim=12,
                         halting_hidden=128, base=base)
-    train = TrainConfig(batch_size=32, lr=4e-4, warmup_steps=200, max_steps=4000,
+    train = TrainConfig(batch_size=32, lr=4e-3, warmup_steps=200, max_steps=4000,
                         budget_step=4, budget_max=48, ema_decay=0.999, gan_mid_step=500,
                         gan_late_step=2000, disc_ndf=32, disc_layers=3, amp=False,
-                        lpips_net="vgg", log_every=20, ckpt_every=100)
+                        lpips_net="alex", log_every=20, ckpt_every=100)
     data = DataConfig(source="mixed", path="data_cache/corpus", procedural_fraction=0.3,
                       holdout_fraction=0.2)
     return ExperimentConfig(preset="cpu", model=model, train=train, data=data)

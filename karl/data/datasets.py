@@ -1,0 +1,269 @@
+"""Training and evaluation data sets built from a :class:`karl.config.DataConfig`.
+
+:func:`build_dataset` returns a torch data set whose items are float tensors
+``[3, S, S]`` in [0, 1]:
+
+========== ======================================= ===================================
+source     split="train"                            split="eval"
+========== ======================================= ===================================
+synthetic  endless procedural images (Iterable)     256 fixed procedural images
+folder     random multi-scale crops of the files    resize shorter side + centre crop
+hf         random crops of a Hugging Face split     centre crops of its validation split
+corpus     endless crops of the training photos     fixed crops of the held-out photos
+mixed      corpus crops + procedural_fraction       the same mixture, fixed
+           procedural images (Iterable)
+========== ======================================= ===================================
+
+Map-style sets work with any sampler (``DistributedSampler`` shards them); the
+Iterable ones are endless random streams seeded by (seed, rank, worker), so shards
+never repeat each other. All work with ``DataLoader(num_workers=0)``.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor
+from torch.utils.data import ConcatDataset, Dataset, IterableDataset
+
+from karl.data.corpus import (MANIFEST, FixedCropDataset, RandomCropDataset, build_corpus, shard_seed,
+                              load_manifest, split_sources)
+from karl.data.images import ImageLoadError, list_images, load_image, preprocess, random_resized_crop
+from karl.data.procedural import generate
+
+__all__ = ["build_dataset", "ProceduralDataset", "ProceduralEvalDataset", "MixedDataset", "ImageFolderDataset",
+           "HFImageDataset", "SOURCES", "DEFAULT_CORPUS"]
+
+SOURCES = ("synthetic", "folder", "hf", "corpus", "mixed")
+DEFAULT_CORPUS = "data_cache/corpus"
+EVAL_PROCEDURAL = 256  # images in the synthetic eval set
+
+
+def _split(split: str) -> str:
+    aliases = {"train": "train", "eval": "eval", "val": "eval", "validation": "eval", "test": "eval",
+               "holdout": "eval"}
+    if split not in aliases:
+        raise ValueError(f"split must be 'train' or 'eval', got {split!r}")
+    return aliases[split]
+
+
+def _seed_of(*keys: int) -> int:
+    return int(np.random.SeedSequence(list(keys)).generate_state(1)[0] >> 1)
+
+
+# ----------------------------------------------------------------------------- procedural
+
+class ProceduralDataset(IterableDataset):
+    """Endless procedural images (all families, random complexity) -> [3, S, S]."""
+
+    def __init__(self, image_size: int, seed: int = 0, families: tuple[str, ...] | None = None):
+        self.image_size, self.seed, self.families = image_size, seed, families
+
+    def __iter__(self):
+        rng = np.random.default_rng(shard_seed(self.seed))
+        while True:
+            fam = None if not self.families else self.families[int(rng.integers(0, len(self.families)))]
+            yield generate(int(rng.integers(0, 2 ** 31)), self.image_size, fam).image
+
+
+class ProceduralEvalDataset(Dataset):
+    """``n`` fixed procedural images; item i depends only on (seed, i)."""
+
+    def __init__(self, image_size: int, n: int = EVAL_PROCEDURAL, seed: int = 0):
+        self.image_size, self.n, self.seed = image_size, n, seed
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, index: int) -> Tensor:
+        if not 0 <= index < self.n:
+            raise IndexError(index)
+        return generate(_seed_of(self.seed, 1, index), self.image_size).image
+
+
+class MixedDataset(IterableDataset):
+    """Corpus crops with a share ``procedural_fraction`` of procedural images interleaved."""
+
+    def __init__(self, crops: RandomCropDataset, procedural_fraction: float, seed: int = 0):
+        if not 0 <= procedural_fraction <= 1:
+            raise ValueError(f"procedural_fraction must be in [0, 1], got {procedural_fraction}")
+        self.crops, self.fraction, self.seed = crops, procedural_fraction, seed
+
+    def __iter__(self):
+        rng = np.random.default_rng(shard_seed(self.seed))
+        size = self.crops.image_size
+        while True:
+            if rng.random() < self.fraction:
+                yield generate(int(rng.integers(0, 2 ** 31)), size).image
+            else:
+                yield self.crops.crop(rng)
+
+
+# ----------------------------------------------------------------------------- folders
+
+class _PerWorkerRng:
+    """A numpy Generator per (rank, DataLoader worker), seeded from ``seed``."""
+
+    def __init__(self, seed: int):
+        self.seed, self._rngs = seed, {}
+
+    def __call__(self) -> np.random.Generator:
+        info = torch.utils.data.get_worker_info()
+        key = info.id if info else -1
+        if key not in self._rngs:
+            self._rngs[key] = np.random.default_rng(shard_seed(self.seed))
+        return self._rngs[key]
+
+
+class ImageFolderDataset(Dataset):
+    """Images under a folder (recursive): random crops (train) or centre crops (eval).
+
+    Unreadable files are skipped: those found by the header check at construction are
+    reported in one warning; a file that fails later to decode is replaced by the next one
+    (also with a warning).
+    """
+
+    def __init__(self, root: str | Path, image_size: int, train: bool = True, min_scale: float = 0.15,
+                 seed: int = 0, check_files: bool = True):
+        self.root = Path(root)
+        files = list_images(self.root)
+        if not files:
+            raise FileNotFoundError(f"no image files under {self.root}")
+        bad = [f for f in files if not _readable_header(f)] if check_files else []
+        if bad:
+            shown = ", ".join(str(f.relative_to(self.root)) for f in bad[:20])
+            more = f" and {len(bad) - 20} more" if len(bad) > 20 else ""
+            warnings.warn(f"skipping {len(bad)} unreadable image file(s) under {self.root}: {shown}{more}",
+                          stacklevel=2)
+        self.files = [f for f in files if f not in set(bad)]
+        if not self.files:
+            raise FileNotFoundError(f"none of the {len(files)} image files under {self.root} can be read")
+        self.image_size, self.train, self.min_scale = image_size, train, min_scale
+        self._rng = _PerWorkerRng(seed)
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def _load(self, index: int) -> Image.Image:
+        for k in range(len(self.files)):
+            path = self.files[(index + k) % len(self.files)]
+            try:
+                return load_image(path)
+            except ImageLoadError as err:
+                warnings.warn(f"skipping unreadable image: {err}", stacklevel=3)
+        raise RuntimeError(f"no readable image under {self.root}")
+
+    def __getitem__(self, index: int) -> Tensor:
+        img = self._load(index)
+        if self.train:
+            return random_resized_crop(img, self.image_size, self._rng(), self.min_scale)
+        return preprocess(img, self.image_size)
+
+
+def _readable_header(path: Path) -> bool:
+    try:
+        with Image.open(path) as im:
+            return im.width > 0 and im.height > 0
+    except Exception:  # any PIL failure means "not readable"
+        return False
+
+
+# ----------------------------------------------------------------------------- Hugging Face
+
+class HFImageDataset(Dataset):
+    """A Hugging Face ``datasets`` split (hub name or an ``imagefolder`` directory)."""
+
+    def __init__(self, image_size: int, hf_name: str | None = None, hf_split: str = "train",
+                 image_key: str = "image", data_dir: str | None = None, train: bool = True,
+                 min_scale: float = 0.15, seed: int = 0, cache_dir: str | None = None):
+        try:
+            import datasets
+        except ImportError:
+            raise RuntimeError("data.source=hf needs `pip install datasets`") from None
+        name = hf_name or "imagefolder"
+        if name == "imagefolder" and not data_dir:
+            raise ValueError("data.source=hf needs data.hf_name, or data.path for an imagefolder")
+        splits = [hf_split] if train else ["validation", "test", hf_split]
+        last_err: Exception | None = None
+        for split in splits:
+            try:
+                self.ds = datasets.load_dataset(name, data_dir=data_dir, split=split, cache_dir=cache_dir)
+                break
+            except ValueError as err:  # unknown split name: try the next
+                last_err = err
+            except Exception as err:
+                raise RuntimeError(_hf_help(name, split, err)) from err
+        else:
+            raise RuntimeError(_hf_help(name, splits[-1], last_err))
+        if image_key not in self.ds.column_names:
+            raise KeyError(f"{name} has no column {image_key!r} (columns: {self.ds.column_names}); "
+                           "set data.hf_image_key")
+        self.image_key, self.image_size, self.train, self.min_scale = image_key, image_size, train, min_scale
+        self._rng = _PerWorkerRng(seed)
+
+    def __len__(self) -> int:
+        return len(self.ds)
+
+    def __getitem__(self, index: int) -> Tensor:
+        img = load_image(self.ds[int(index)][self.image_key])
+        if self.train:
+            return random_resized_crop(img, self.image_size, self._rng(), self.min_scale)
+        return preprocess(img, self.image_size)
+
+
+def _hf_help(name: str, split: str, err: Exception | None) -> str:
+    offline = any(os.environ.get(k) == "1" for k in ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE"))
+    return (f"cannot load Hugging Face data set {name!r} split {split!r}: {err}\n"
+            f"{'Offline mode is on' if offline else 'If this machine is offline'}: with HF_DATASETS_OFFLINE=1 "
+            "(or HF_HUB_OFFLINE=1) `datasets` reads only data sets already in its cache "
+            "(~/.cache/huggingface); download it once where the Hub is reachable, or put the images in "
+            "a folder and use data.source=folder data.path=<dir> (or data.source=corpus for the "
+            "offline photo corpus).")
+
+
+# ----------------------------------------------------------------------------- entry point
+
+def _corpus_root(path: str | None) -> Path:
+    root = Path(path or DEFAULT_CORPUS)
+    if not (root / MANIFEST).is_file():
+        print(f"karl.data: no photo corpus at {root}; building it from installed packages")
+        if not build_corpus(root, verbose=True):
+            raise RuntimeError("no corpus photos are installed (needs scikit-image at least)")
+    return root
+
+
+def build_dataset(data_cfg, image_size: int, split: str = "train") -> Dataset:
+    """The data set described by ``data_cfg`` (a DataConfig), yielding [3, S, S] in [0, 1]."""
+    split = _split(split)
+    train, seed = split == "train", int(data_cfg.seed)
+    source = data_cfg.source
+    if source == "synthetic":
+        return ProceduralDataset(image_size, seed) if train else ProceduralEvalDataset(image_size, seed=seed)
+    if source == "folder":
+        if not data_cfg.path:
+            raise ValueError("data.source=folder needs data.path")
+        return ImageFolderDataset(data_cfg.path, image_size, train, data_cfg.min_crop_scale, seed)
+    if source == "hf":
+        return HFImageDataset(image_size, data_cfg.hf_name, data_cfg.hf_split, data_cfg.hf_image_key,
+                              data_cfg.path, train, data_cfg.min_crop_scale, seed)
+    if source in ("corpus", "mixed"):
+        root = _corpus_root(data_cfg.path)
+        entries_train, entries_hold = split_sources(load_manifest(root), data_cfg.holdout_fraction, seed)
+        frac = float(data_cfg.procedural_fraction) if source == "mixed" else 0.0
+        if train:
+            crops = RandomCropDataset(root, image_size, entries_train, data_cfg.min_crop_scale, seed)
+            return MixedDataset(crops, frac, seed) if frac > 0 else crops
+        if not entries_hold:
+            warnings.warn("data.holdout_fraction is 0: evaluating on crops of the training photos", stacklevel=2)
+            entries_hold = entries_train
+        fixed = FixedCropDataset(root, image_size, entries_hold, min_scale=data_cfg.min_crop_scale, seed=seed)
+        if frac <= 0:
+            return fixed
+        n_proc = round(len(fixed) * frac / max(1e-9, 1 - frac)) if frac < 1 else len(fixed)
+        return ConcatDataset([fixed, ProceduralEvalDataset(image_size, n_proc, seed)])
+    raise ValueError(f"data.source must be one of {SOURCES}, got {source!r}")
