@@ -1,0 +1,225 @@
+"""Many images at once: safe collection from files and zips, batched tokenization, CSV.
+
+Zips are never extracted to disk: members are read into memory one by one, with limits
+on their count, each member's size and the total, so a zip bomb or a ``../`` path cannot
+hurt. Non-images and unreadable files are skipped and reported, never fatal.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any, Callable, Iterable
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from app.inference import InputError, PreparedImage, check_request, epsilon_bin, prepare_image
+from karl.data.images import IMAGE_EXTENSIONS
+
+__all__ = ["BatchResult", "collect_inputs", "iter_zip", "batch_tokenize", "write_csv", "download_dir",
+           "new_download_dir",
+           "MAX_BATCH_IMAGES", "MAX_MEMBER_BYTES", "MAX_ZIP_TOTAL_BYTES"]
+
+MAX_BATCH_IMAGES = 256                  # images per batch request (the rest are skipped)
+MAX_MEMBER_BYTES = 25 * 2 ** 20         # one image inside a zip
+MAX_ZIP_TOTAL_BYTES = 512 * 2 ** 20     # all members read from all zips of a request
+THUMB_SIZE = 96                         # the gallery keeps thumbnails, not full images
+
+
+@dataclass
+class BatchResult:
+    frame: pd.DataFrame         # one row per processed image
+    skipped: list[tuple[str, str]]  # (name, reason)
+    thumbs: Tensor              # [N, 3, t, t] in [0, 1] for the gallery
+    epsilon: float
+    epsilon_bin: float
+    budget: int
+    seconds: float = 0.0
+    notices: list[str] = field(default_factory=list)
+
+
+def _safe_member_name(name: str) -> str | None:
+    """A display name for a zip member, or None for paths we refuse (absolute, ``..``)."""
+    p = PurePosixPath(name.replace("\\", "/"))
+    if p.is_absolute() or any(part == ".." for part in p.parts) or (p.parts and ":" in p.parts[0]):
+        return None
+    return str(p)
+
+
+def iter_zip(path: str | Path, budget: list[int], max_members: int = MAX_BATCH_IMAGES,
+             max_member_bytes: int = MAX_MEMBER_BYTES) -> Iterable[tuple[str, bytes | None, str]]:
+    """Yield (name, bytes or None, reason) for each member; bytes None means skipped.
+
+    ``budget`` is a one-element list of bytes still allowed (shared across zips).
+    """
+    try:
+        zf = zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, OSError) as err:
+        yield Path(path).name, None, f"not a readable zip ({err})"
+        return
+    with zf:
+        count = 0
+        for info in zf.infolist():
+            if info.is_dir():
+                continue
+            name = _safe_member_name(info.filename)
+            parts = PurePosixPath(info.filename).parts
+            if name is None:
+                yield info.filename, None, "unsafe path in zip (absolute or '..'): skipped"
+                continue
+            if any(x.startswith(".") for x in parts) or parts[0] == "__MACOSX":
+                continue  # hidden files and macOS resource forks: silently ignored
+            if PurePosixPath(name).suffix.lower() not in IMAGE_EXTENSIONS:
+                yield name, None, "not an image file (by extension)"
+                continue
+            if info.flag_bits & 0x1:
+                yield name, None, "encrypted zip member"
+                continue
+            if count >= max_members:
+                yield name, None, f"over the limit of {max_members} images per request"
+                continue
+            if info.file_size > max_member_bytes:
+                yield name, None, f"member larger than {max_member_bytes // 2 ** 20} MB"
+                continue
+            if info.file_size > budget[0]:
+                yield name, None, "over the total size limit for zip contents"
+                continue
+            try:
+                with zf.open(info) as fh:  # header sizes can lie: never read past the limit
+                    data = fh.read(min(max_member_bytes, budget[0]) + 1)
+            except (zipfile.BadZipFile, OSError, RuntimeError, NotImplementedError) as err:
+                yield name, None, f"cannot read member ({err})"
+                continue
+            if len(data) > min(max_member_bytes, budget[0]):
+                yield name, None, "member larger than its declared size or the limit"
+                continue
+            budget[0] -= len(data)
+            count += 1
+            yield name, data, ""
+
+
+def collect_inputs(files: Iterable[Any] | None, max_images: int = MAX_BATCH_IMAGES
+                   ) -> tuple[list[tuple[str, Any]], list[tuple[str, str]]]:
+    """Uploaded paths (images and zips) -> ([(name, path or bytes)], [(name, reason skipped)])."""
+    items: list[tuple[str, Any]] = []
+    skipped: list[tuple[str, str]] = []
+    budget = [MAX_ZIP_TOTAL_BYTES]
+    for f in files or []:
+        path = Path(getattr(f, "name", f))  # gradio passes paths; tests may pass file objects
+        if path.suffix.lower() == ".zip" or (path.is_file() and zipfile.is_zipfile(path)
+                                               and path.suffix.lower() not in IMAGE_EXTENSIONS):
+            for name, data, reason in iter_zip(path, budget, max_members=max_images):
+                if data is None:
+                    skipped.append((f"{path.name}/{name}", reason))
+                elif len(items) >= max_images:
+                    skipped.append((f"{path.name}/{name}", f"over the limit of {max_images} images"))
+                else:
+                    items.append((f"{path.name}/{name}", data))
+        elif len(items) >= max_images:
+            skipped.append((path.name, f"over the limit of {max_images} images"))
+        else:
+            items.append((path.name, str(path)))
+    return items, skipped
+
+
+def _thumbs(x: Tensor, size: int = THUMB_SIZE) -> Tensor:
+    if x.shape[-1] > size:
+        x = F.interpolate(x, size=(size, size), mode="area")
+    return x.cpu()
+
+
+@torch.inference_mode()
+def batch_tokenize(model, files: Iterable[Any] | None, epsilon: float = 0.05, budget: int | None = None,
+                   with_lpips: bool = False, batch_size: int = 16,
+                   progress: Callable[[float, str], None] | None = None) -> BatchResult:
+    """KC-hat and metrics for every readable image among ``files`` (paths of images or zips).
+
+    Raises InputError when nothing readable was uploaded.
+    """
+    from karl.metrics import compute_all
+
+    start = time.perf_counter()
+    eps, k, notices = check_request(model, epsilon, budget)
+    _, bin_value = epsilon_bin(model, eps)
+    items, skipped = collect_inputs(files)
+    if not items and not skipped:
+        raise InputError("No files: upload images or a zip of images.")
+    prepared: list[PreparedImage] = []
+    for i, (name, src) in enumerate(items):
+        if progress:
+            progress(0.3 * i / max(len(items), 1), f"reading {name}")
+        try:
+            prepared.append(prepare_image(src, model.image_size, name=name))
+        except InputError as err:
+            skipped.append((name, str(err)))
+    if not prepared:
+        reasons = "; ".join(f"{n}: {r}" for n, r in skipped[:5])
+        raise InputError(f"None of the uploaded files is a readable image ({reasons})")
+    rows, thumbs = [], []
+    for start_i in range(0, len(prepared), batch_size):
+        chunk = prepared[start_i:start_i + batch_size]
+        if progress:
+            progress(0.3 + 0.7 * start_i / len(prepared), f"tokenizing {start_i + 1}-{start_i + len(chunk)}"
+                     f" of {len(prepared)}")
+        x = torch.stack([p.tensor for p in chunk]).to(model.device)
+        enc = model.encode(x, epsilon=bin_value, budget=k)
+        rec = model.decode(enc).float()
+        metrics = {m: v.double().cpu().numpy() for m, v in
+                   compute_all(rec, x.float(), lpips_net="alex", with_lpips=with_lpips).items()}
+        kc, ckc = enc.kc_hat.cpu().numpy(), enc.continuous_kc.double().cpu().numpy()
+        for j, p in enumerate(chunk):
+            rows.append({"image": p.name, "kc_hat": int(kc[j]), "continuous_kc": round(float(ckc[j]), 3),
+                         "l1": float(metrics["l1"][j]), "psnr": float(metrics["psnr"][j]),
+                         "ssim": float(metrics["ssim"][j]),
+                         "lpips": float(metrics["lpips"][j]) if with_lpips else np.nan,
+                         "met_epsilon": bool(metrics["l1"][j] <= eps),
+                         "notes": "; ".join(p.notices)})
+        thumbs.append(_thumbs(x.float()))
+    if progress:
+        progress(1.0, "done")
+    return BatchResult(frame=pd.DataFrame(rows), skipped=skipped, thumbs=torch.cat(thumbs),
+                       epsilon=eps, epsilon_bin=bin_value, budget=k,
+                       seconds=time.perf_counter() - start, notices=notices)
+
+
+_OUT_DIR = Path(tempfile.gettempdir()) / "karl_app_downloads"
+_MAX_DOWNLOADS = 50   # CSVs and report folders kept; older ones are deleted
+
+
+def download_dir() -> Path:
+    """The folder the app writes downloads to (allowed in ``launch(allowed_paths=...)``)."""
+    _OUT_DIR.mkdir(parents=True, exist_ok=True)
+    return _OUT_DIR
+
+
+def _prune(keep: int = _MAX_DOWNLOADS - 1) -> None:
+    entries = sorted(download_dir().iterdir(), key=lambda p: p.stat().st_mtime)
+    for p in entries[:max(0, len(entries) - keep)]:
+        try:
+            shutil.rmtree(p) if p.is_dir() else p.unlink()
+        except OSError:
+            pass
+
+
+def new_download_dir(stem: str) -> Path:
+    """A fresh folder for one download (old downloads pruned: disk use stays bounded)."""
+    _prune()
+    return Path(tempfile.mkdtemp(prefix=f"{stem}_", dir=download_dir()))
+
+
+def write_csv(frame: pd.DataFrame, stem: str = "karl_batch") -> Path:
+    """Write ``frame`` to a fresh CSV in the download folder."""
+    _prune()
+    fd, name = tempfile.mkstemp(prefix=f"{stem}_", suffix=".csv", dir=download_dir())
+    os.close(fd)
+    frame.to_csv(name, index=False)
+    return Path(name)

@@ -1,0 +1,79 @@
+"""Which model the app serves: the bundled checkpoint, a user's, or a demo model.
+
+Nothing here imports gradio; ``app.py`` calls :func:`load_app_model` once at start-up.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+__all__ = ["ModelLoadError", "LoadedModel", "load_app_model", "DEFAULT_CHECKPOINT"]
+
+
+class ModelLoadError(RuntimeError):
+    """A checkpoint could not be loaded; the message says which and why."""
+
+
+@dataclass
+class LoadedModel:
+    model: Any
+    source: str                # what was loaded, for the header
+    warning: str | None = None  # shown as a banner (random weights, fallback, ...)
+
+
+DEFAULT_CHECKPOINT = Path(__file__).resolve().parent.parent / "assets" / "checkpoints" / "karl_cpu"
+
+
+def load_app_model(checkpoint: str | Path | None = None, trust_official: bool = False,
+                   demo_model: str | None = None, device: str = "cpu") -> LoadedModel:
+    """The model the app serves.
+
+    - ``demo_model="tiny-monotone"``: the deterministic test model (app.demo_model).
+    - ``checkpoint``: a release directory (``config.json`` + ``model.safetensors``, or
+      the ``.safetensors`` file in one) or, with ``trust_official``, an authors' ``.pth``.
+      Failure raises :class:`ModelLoadError` with the reason.
+    - neither: the bundled ``assets/checkpoints/karl_cpu``; if it is missing or broken, a
+      randomly initialised ``cpu`` model with a warning banner.
+    """
+    if demo_model is not None:
+        if demo_model != "tiny-monotone":
+            raise ModelLoadError(f"unknown demo model {demo_model!r} (only 'tiny-monotone')")
+        from app.demo_model import build_monotone_model
+        return LoadedModel(build_monotone_model("tiny").to(device), "demo model tiny-monotone",
+                           "Demo model **tiny-monotone**: hand-set weights for tests; token counts "
+                           "fall with epsilon by construction, reconstructions are meaningless.")
+    if checkpoint is not None:
+        return LoadedModel(_load_checkpoint(Path(checkpoint), trust_official, device), str(checkpoint))
+    if (DEFAULT_CHECKPOINT / "config.json").is_file():
+        try:
+            return LoadedModel(_load_checkpoint(DEFAULT_CHECKPOINT, False, device), str(DEFAULT_CHECKPOINT))
+        except ModelLoadError as err:
+            reason = f"the bundled checkpoint failed to load ({err})"
+    else:
+        reason = f"no bundled checkpoint at {DEFAULT_CHECKPOINT}"
+    from karl.api import build_model
+    model = build_model("cpu", seed=0).eval().to(device)
+    return LoadedModel(model, "random cpu preset",
+                       f"**Untrained model**: {reason}. The app runs a *randomly initialised* "
+                       "`cpu` preset: token counts and reconstructions are meaningless. Pass "
+                       "`--checkpoint DIR` to load a trained model.")
+
+
+def _load_checkpoint(path: Path, trust_official: bool, device: str):
+    from karl.checkpoint import CheckpointError
+    from karl.official import load_any
+
+    if path.is_file() and path.suffix == ".safetensors":
+        path = path.parent
+    if not path.exists():
+        raise ModelLoadError(f"checkpoint {path} does not exist")
+    try:
+        return load_any(path, trust_official=trust_official, device=device).eval()
+    except CheckpointError as err:
+        hint = ("" if trust_official or path.suffix not in (".pth", ".pt", ".ckpt")
+                else " (an authors' .pth needs --trust-official)")
+        raise ModelLoadError(f"cannot load checkpoint {path}: {err}{hint}") from None
+    except Exception as err:  # corrupt safetensors, bad JSON values, ...
+        raise ModelLoadError(f"cannot load checkpoint {path}: {type(err).__name__}: {err}") from None

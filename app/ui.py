@@ -1,0 +1,402 @@
+"""The Gradio 6 app: Tokenize, Batch and Analysis tabs around one loaded KARL.
+
+``build_demo(model)`` returns a ``gr.Blocks``; ``app.py`` loads the model once and calls
+``launch_demo``. Public API endpoints (``gradio_client``): ``/tokenize`` (the Tokenize
+tab's outputs) and ``/complexity`` (JSON for scripts). Every other event is private.
+All model work shares one concurrency group, so one request runs at a time and the
+queue (bounded) holds the rest.
+"""
+
+from __future__ import annotations
+
+import html
+import logging
+import shutil
+import traceback
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+import numpy as np
+
+from app import inference as inf
+from app.batch import batch_tokenize, download_dir, new_download_dir, write_csv
+
+log = logging.getLogger("karl.app")
+
+EXAMPLES_DIR = Path(__file__).resolve().parent.parent / "assets" / "examples"
+QUEUE_MAX_SIZE = 16          # waiting requests beyond this are refused ("queue full")
+MAX_ANALYSIS_IMAGES = 48     # images per analysis run / report
+CONCURRENCY_ID = "model"     # every event that runs the model
+CSS = """
+#kc-hat input {font-size: 1.6em; font-weight: bold}
+.karl-banner {border: 2px solid #e76f51; border-radius: 8px; padding: 4px 12px; background: #fff4ef}
+"""
+_INTRO = """# KARL studio
+Single-pass adaptive image tokenization ([arXiv 2507.07995](https://arxiv.org/abs/2507.07995)):
+KARL keeps the fewest 1D tokens it predicts are needed to reconstruct the image within the
+pixel L1 error **epsilon**. The number kept, **KC-hat**, estimates the image's complexity."""
+
+
+class SafeImage(gr.Image):
+    """``gr.Image`` whose upload errors (not an image, empty, too large) become clear messages.
+
+    Rendered by the stock Image component (``is_template``); only preprocessing differs.
+    """
+
+    is_template = True
+
+    def preprocess(self, payload):
+        try:
+            return super().preprocess(payload)
+        except gr.Error:
+            raise
+        except Exception as err:  # PIL: UnidentifiedImageError, DecompressionBombError, OSError
+            from PIL import Image
+            name = getattr(payload, "orig_name", None) or "the upload"
+            path = getattr(payload, "path", None)
+            if path and Path(path).is_file() and Path(path).stat().st_size == 0:
+                raise gr.Error(f"{name} is an empty file.", print_exception=False) from None
+            if isinstance(err, Image.DecompressionBombError):
+                raise gr.Error(f"{name} is too large to decode safely ({err})",
+                               print_exception=False) from None
+            raise gr.Error(f"Cannot read {name} as an image ({type(err).__name__}). Upload a "
+                           "PNG, JPEG, WebP, GIF, BMP or TIFF file.", print_exception=False) from None
+
+
+def _user_error(err: Exception) -> gr.Error:
+    """Known input problems keep their message; anything else is logged and summarised."""
+    if isinstance(err, gr.Error):
+        return err
+    from karl.data.images import ImageLoadError
+    if isinstance(err, (inf.InputError, ImageLoadError)):
+        return gr.Error(str(err), print_exception=False)
+    log.error("internal error: %s", traceback.format_exc())
+    return gr.Error(f"Internal error ({type(err).__name__}: {err}). The app is still running; "
+                    "try another image or setting.", print_exception=False)
+
+
+# ----------------------------------------------------------------------------- handlers
+
+def _model_card(model, loaded_from: str) -> str:
+    c = model.config
+    params = sum(p.numel() for p in model.parameters()) / 1e6
+    return (f"**Model**: {html.escape(loaded_from)} · {c.image_size}x{c.image_size} input · "
+            f"{c.base.kind} base ({c.grid_size}x{c.grid_size} grid) · width {c.width}, "
+            f"{c.encoder_layers}+{c.decoder_layers} layers · {c.max_tokens} tokens by default "
+            f"(up to {c.num_latent_tokens}) · {params:.1f} M parameters · device {model.device}")
+
+
+def _metrics_markdown(r: inf.TokenizeResult) -> str:
+    lp = r.lpips()
+    met = "met" if r.met_epsilon else "**not met**"
+    asked = f"{r.epsilon:g}" + (f" (loss bin {r.epsilon_bin:g})" if abs(r.epsilon - r.epsilon_bin) > 1e-9 else "")
+    rows = [("L1 achieved vs epsilon asked", f"{r.l1:.4f} vs {asked}: {met}"),
+            ("PSNR", f"{r.psnr:.2f} dB"), ("SSIM", f"{r.ssim:.4f}"),
+            ("LPIPS (AlexNet)", "n/a" if lp is None else f"{lp:.4f}")]
+    return "| metric | value |\n|---|---|\n" + "\n".join(f"| {a} | {b} |" for a, b in rows)
+
+
+def _notices_markdown(notices: list[str]) -> str:
+    return "\n".join(f"- {n}" for n in dict.fromkeys(notices)) if notices else ""
+
+
+def tokenize_view(model, image: Any, epsilon: float, budget: float):
+    """The Tokenize tab's 9 outputs: (original, reconstruction), KC-hat, continuous KC, metrics
+    table, error heatmap, halting figure, KC-hat curve, kept tokens, notices."""
+    if image is None:
+        return (None, None, None, "", None, None, None, None,
+                "Upload an image, paste one from the clipboard or pick an example.")
+    from analysis.halting import plot_halting
+    from analysis.kc_curve import KCCurve, plot_kc_curve
+
+    try:
+        prep = inf.prepare_image(image, model.image_size)
+        r = inf.tokenize(model, prep, epsilon, budget, sweep=True)
+
+        def figures():  # built once per (image, bin, budget); never mutated afterwards
+            data = inf.halting_sweep(model, prep, r.budget).halting_data(model)
+            curve = KCCurve(epsilons=data.epsilons, kc_hat=data.kc_hat[None],
+                            continuous_kc=data.continuous_kc[None], budget=r.budget, names=[r.name])
+            return plot_halting(data, r.epsilon_bin), plot_kc_curve(curve, mark_epsilon=r.epsilon_bin)
+        halting_fig, curve_fig = inf.model_caches(model)["figures"].get_or_compute(
+            (prep.key, r.epsilon_bin, r.budget), figures)
+        metrics = _metrics_markdown(r)
+    except Exception as err:
+        raise _user_error(err) from None
+    kept = {"kc_hat": r.kc_hat, "budget": r.budget, "kept_positions": r.kept_positions,
+            "codebook_ids": r.token_ids}
+    heat = inf.error_heatmap(r.error_map())
+    return ((inf.to_display(r.original), inf.to_display(r.reconstruction)), r.kc_hat,
+            round(r.continuous_kc, 2), metrics, heat, halting_fig, curve_fig, kept,
+            _notices_markdown(r.notices))
+
+
+def complexity_view(model, image: Any, epsilon: float, budget: float) -> dict:
+    """``/complexity``: one encoder pass, JSON for scripts."""
+    if image is None:
+        raise gr.Error("No image: pass a file, e.g. handle_file('photo.png').", print_exception=False)
+    try:
+        return inf.complexity_json(inf.tokenize(model, image, epsilon, budget, sweep=False))
+    except Exception as err:
+        raise _user_error(err) from None
+
+
+def _histogram(kc: np.ndarray, budget: int):
+    import plotly.graph_objects as go
+
+    fig = go.Figure(go.Histogram(x=kc, xbins=dict(start=-0.5, end=budget + 0.5, size=max(1, budget // 32)),
+                                 marker_color="#264653"))
+    fig.update_layout(title=f"KC-hat over {len(kc)} images", xaxis_title="tokens kept (KC-hat)",
+                      yaxis_title="images", xaxis_range=[-0.5, budget + 0.5], template="plotly_white",
+                      bargap=0.05)
+    return fig
+
+
+def batch_view(model, files, epsilon: float, budget: float, with_lpips: bool,
+               progress=gr.Progress()):
+    """The Batch tab: table, histogram, CSV, gallery, summary."""
+    from analysis.gallery import gallery_html
+
+    if not files:
+        raise gr.Error("No files: upload images or a zip of images.", print_exception=False)
+    try:
+        res = batch_tokenize(model, files, epsilon, budget, with_lpips=bool(with_lpips),
+                             progress=lambda f, d: progress(f, desc=d))
+        csv = write_csv(res.frame)
+        kc = res.frame["kc_hat"].to_numpy()
+        bucket = max(1, res.budget // 8)
+        gallery = gallery_html(res.thumbs, kc, bucket, names=list(res.frame["image"]),
+                               title=f"Images bucketed by KC-hat (epsilon {res.epsilon_bin:g}, buckets of {bucket})")
+    except Exception as err:
+        raise _user_error(err) from None
+    lines = [f"**{len(res.frame)} images** at epsilon {res.epsilon:g} (bin {res.epsilon_bin:g}), budget "
+             f"{res.budget}: KC-hat mean {kc.mean():.1f}, median {np.median(kc):g}; "
+             f"{res.frame['met_epsilon'].mean():.0%} met epsilon; {res.seconds:.1f} s."]
+    lines += [f"- skipped {html.escape(n)}: {html.escape(r)}" for n, r in res.skipped[:20]]
+    if len(res.skipped) > 20:
+        lines.append(f"- ... and {len(res.skipped) - 20} more skipped")
+    lines += [f"- {n}" for n in res.notices]
+    shown = res.frame.round({"l1": 4, "psnr": 2, "ssim": 4, "lpips": 4})
+    return shown, _histogram(kc, res.budget), str(csv), gallery, "\n".join(lines)
+
+
+def load_analysis_set(model, source: str, files) -> tuple[Any, list[str], list[str]]:
+    """(images [N, 3, S, S], names, notes) for the Analysis tab."""
+    import torch
+
+    from app.batch import collect_inputs
+    from karl.data.images import list_images
+
+    size, notes = model.image_size, []
+    if source == "probes":
+        from analysis.structure_noise import standard_probe_images
+        images, names = standard_probe_images(size)
+        return images, list(names), notes
+    if source == "examples":
+        items = [(p.name, str(p)) for p in list_images(EXAMPLES_DIR)] if EXAMPLES_DIR.is_dir() else []
+        skipped: list = []
+    else:
+        if not files:
+            raise inf.InputError("No files: upload images or a zip first, or choose a built-in set.")
+        items, skipped = collect_inputs(files, max_images=MAX_ANALYSIS_IMAGES)
+    tensors, names = [], []
+    for name, src in items[:MAX_ANALYSIS_IMAGES]:
+        try:
+            tensors.append(inf.prepare_image(src, size, name=name).tensor)
+            names.append(name)
+        except inf.InputError as err:
+            skipped.append((name, str(err)))
+    notes += [f"skipped {n}: {r}" for n, r in skipped[:10]]
+    if not tensors:
+        raise inf.InputError("No readable images in this set.")
+    return torch.stack(tensors), names, notes
+
+
+def analysis_view(model, source: str, files, epsilon: float, progress=gr.Progress()):
+    """Structure vs noise, KC-hat vs epsilon over the set, halting heatmap of the first image."""
+    from analysis.halting import compute_halting, plot_halting_heatmap
+    from analysis.kc_curve import compute_kc_curve, plot_kc_curve
+    from analysis.structure_noise import (compute_delta, compute_token_sweep, plot_kc_vs_delta,
+                                          plot_token_sweep)
+
+    try:
+        eps, _, _ = inf.check_request(model, epsilon, None)
+        progress(0.05, desc="loading images")
+        images, names, notes = load_analysis_set(model, source, files)
+        progress(0.15, desc="token sweep")
+        sweep = plot_token_sweep(compute_token_sweep(model, images, names))
+        progress(0.45, desc="delta")
+        delta = plot_kc_vs_delta(compute_delta(model, images, epsilon=eps, names=names))
+        progress(0.7, desc="KC-hat curve")
+        curve = plot_kc_curve(compute_kc_curve(model, images, names=names), mark_epsilon=eps,
+                              names=names if len(names) <= 8 else None)
+        progress(0.9, desc="halting heatmap")
+        heat = plot_halting_heatmap(compute_halting(model, images[0]))
+    except Exception as err:
+        raise _user_error(err) from None
+    summary = f"{len(names)} images: " + ", ".join(names[:12]) + (" ..." if len(names) > 12 else "")
+    status = "\n".join([summary] + [f"- {n}" for n in notes])
+    return sweep, delta, curve, gr.update(choices=names, value=names[0]), heat, status
+
+
+def heatmap_view(model, source: str, files, name: str):
+    from analysis.halting import compute_halting, plot_halting_heatmap
+    try:
+        images, names, _ = load_analysis_set(model, source, files)
+        i = names.index(name) if name in names else 0
+        return plot_halting_heatmap(compute_halting(model, images[i]))
+    except Exception as err:
+        raise _user_error(err) from None
+
+
+def report_view(model, source: str, files, epsilon: float, model_desc: str, progress=gr.Progress()):
+    from analysis.report import build_report
+    try:
+        eps, _, _ = inf.check_request(model, epsilon, None)
+        progress(0.05, desc="loading images")
+        images, names, _ = load_analysis_set(model, source, files)
+        progress(0.2, desc="running every analysis (this takes a while)")
+        out = new_download_dir("report")
+        path = build_report(model, images, names, out / "report.html", epsilon=eps, n_boot=200,
+                            model_desc=model_desc, data_desc=f"{len(names)} images ({source})")
+        archive = shutil.make_archive(str(out / "report_data"), "zip", root_dir=out,
+                                      base_dir=f"{Path(path).stem}_data")
+    except Exception as err:
+        raise _user_error(err) from None
+    return [str(path), archive], f"Report written: {len(names)} images (HTML + CSVs in a zip)."
+
+
+# ----------------------------------------------------------------------------- layout
+
+def build_demo(model, examples_dir: str | Path | None = EXAMPLES_DIR, banner: str | None = None,
+               loaded_from: str = "model") -> gr.Blocks:
+    """The app around ``model`` (a KARL in eval mode). Launch with :func:`launch_demo`."""
+    model.eval()
+    c = model.config
+    bins = list(c.loss_bins)
+    examples = sorted(str(p) for p in Path(examples_dir).glob("*.png")) if examples_dir else []
+    run_model = dict(concurrency_id=CONCURRENCY_ID, concurrency_limit=1)
+    card = _model_card(model, loaded_from)
+
+    with gr.Blocks(title="KARL studio", delete_cache=(1800, 3600)) as demo:
+        gr.Markdown(_INTRO)
+        if banner:
+            gr.Markdown(f"⚠️ {banner}", elem_classes=["karl-banner"], elem_id="model-banner")
+        gr.Markdown(card, elem_id="model-card")
+
+        with gr.Tab("Tokenize"):
+            with gr.Row():
+                with gr.Column(scale=2, min_width=300):
+                    image = SafeImage(type="filepath", image_mode=None, sources=["upload", "clipboard"],
+                                      label="Image", height=300, elem_id="input-image")
+                    epsilon = gr.Slider(bins[0], bins[-1], value=0.05, step=0.005, label="epsilon",
+                                        info="target pixel L1; rounded up to the next loss bin "
+                                             f"({', '.join(f'{b:g}' for b in bins)})",
+                                        elem_id="epsilon-slider")
+                    budget = gr.Slider(1, c.num_latent_tokens, value=c.max_tokens, step=1,
+                                       label="token budget", info=f"trained at {c.max_tokens}",
+                                       elem_id="budget-slider")
+                    notices = gr.Markdown(elem_id="notices")
+                    if examples:
+                        gr.Examples(examples=[[p] for p in examples], inputs=[image], examples_per_page=16,
+                                    label="Examples: photos, then procedural images of rising complexity")
+                with gr.Column(scale=3, min_width=400):
+                    slider = gr.ImageSlider(label="original | reconstruction", type="numpy", height=360, format="png",
+                                            buttons=["download", "fullscreen"], interactive=False)
+                    with gr.Row():
+                        kc = gr.Number(label="Tokens used (KC-hat)", precision=0, interactive=False,
+                                       elem_id="kc-hat")
+                        ckc = gr.Number(label="Continuous complexity sum(1 - p)", interactive=False,
+                                        elem_id="continuous-kc")
+                    metrics = gr.Markdown(elem_id="metrics")
+            with gr.Row():
+                heat = gr.Image(label=f"|error| per pixel (black 0, yellow >= {inf.ERROR_VMAX:g})",
+                                type="numpy", format="png", interactive=False, height=300,
+                                buttons=["download", "fullscreen"])
+                halting = gr.Plot(label="halting probability per token")
+            with gr.Row():
+                curve = gr.Plot(label="KC-hat vs epsilon for this image")
+                kept = gr.JSON(label="kept tokens (positions; codebook ids for quantised models)", open=True)
+            outputs = [slider, kc, ckc, metrics, heat, halting, curve, kept, notices]
+            gr.on([image.change, epsilon.change, budget.change],
+                  lambda i, e, b: tokenize_view(model, i, e, b), inputs=[image, epsilon, budget],
+                  outputs=outputs, api_name="tokenize", trigger_mode="always_last",
+                  api_description="Tokenize one image: (original, reconstruction), KC-hat, continuous "
+                                  "KC, metrics table, error heatmap, halting plot, KC-hat curve, kept "
+                                  "tokens, notices.", **run_model)
+
+            # /complexity: API only (hidden components), JSON for scripts.
+            with gr.Row(visible=False):
+                c_file = gr.File(type="filepath", label="image")
+                c_eps = gr.Number(value=0.05, label="epsilon")
+                c_budget = gr.Number(value=c.max_tokens, label="budget", precision=0)
+                c_out = gr.JSON()
+                c_btn = gr.Button("complexity")
+            c_btn.click(lambda f, e, b: complexity_view(model, f, e, b), inputs=[c_file, c_eps, c_budget],
+                        outputs=c_out, api_name="complexity",
+                        api_description="JSON {kc_hat, continuous_kc, l1, psnr, ssim, lpips, epsilon, "
+                                        "epsilon_bin, budget} of one image.", **run_model)
+
+        with gr.Tab("Batch"):
+            with gr.Row():
+                with gr.Column(scale=2):
+                    b_files = gr.File(file_count="multiple", file_types=["image", ".zip"],
+                                      label="Images or zips", type="filepath", elem_id="batch-files")
+                    b_eps = gr.Slider(bins[0], bins[-1], value=0.05, step=0.005, label="epsilon")
+                    b_budget = gr.Slider(1, c.num_latent_tokens, value=c.max_tokens, step=1, label="token budget")
+                    b_lpips = gr.Checkbox(False, label="LPIPS too (slower)")
+                    b_run = gr.Button("Tokenize all", variant="primary")
+                with gr.Column(scale=3):
+                    b_summary = gr.Markdown()
+                    b_hist = gr.Plot(label="KC-hat histogram")
+                    b_csv = gr.File(label="CSV download", interactive=False)
+            b_table = gr.Dataframe(label="per image", interactive=False, max_height=400)
+            b_gallery = gr.HTML()
+            b_run.click(lambda *a, progress=gr.Progress(): batch_view(model, *a, progress=progress),
+                        inputs=[b_files, b_eps, b_budget, b_lpips],
+                        outputs=[b_table, b_hist, b_csv, b_gallery, b_summary],
+                        api_visibility="private", **run_model)
+
+        with gr.Tab("Analysis"):
+            with gr.Row():
+                with gr.Column(scale=2):
+                    a_source = gr.Radio([("probe images (noise, chessboard, photo, fractal)", "probes"),
+                                         ("bundled examples", "examples"), ("my uploads", "uploads")],
+                                        value="probes", label="image set")
+                    a_files = gr.File(file_count="multiple", file_types=["image", ".zip"],
+                                      label=f"uploads (up to {MAX_ANALYSIS_IMAGES} images)", type="filepath",
+                                      elem_id="analysis-files")
+                    a_eps = gr.Slider(bins[0], bins[-1], value=0.05, step=0.005, label="epsilon (KC-hat, Delta)")
+                    a_run = gr.Button("Run analyses", variant="primary")
+                    a_report = gr.Button("Build HTML report")
+                    a_status = gr.Markdown()
+                    a_file = gr.File(label="report download", interactive=False, file_count="multiple")
+                with gr.Column(scale=3):
+                    a_sweep = gr.Plot(label="structure vs noise: quality vs tokens")
+                    a_delta = gr.Plot(label="KC-hat vs Delta")
+            with gr.Row():
+                a_curve = gr.Plot(label="KC-hat vs epsilon over the set")
+                with gr.Column():
+                    a_pick = gr.Dropdown(choices=[], label="halting heatmap of", interactive=True)
+                    a_heat = gr.Plot(label="halting heatmap")
+            a_run.click(lambda s, f, e, progress=gr.Progress(): analysis_view(model, s, f, e, progress),
+                        inputs=[a_source, a_files, a_eps],
+                        outputs=[a_sweep, a_delta, a_curve, a_pick, a_heat, a_status],
+                        api_visibility="private", **run_model)
+            a_pick.input(lambda s, f, n: heatmap_view(model, s, f, n), inputs=[a_source, a_files, a_pick],
+                         outputs=a_heat, api_visibility="private", **run_model)
+            a_report.click(lambda s, f, e, progress=gr.Progress(): report_view(model, s, f, e, card, progress),
+                           inputs=[a_source, a_files, a_eps], outputs=[a_file, a_status],
+                           api_visibility="private", **run_model)
+
+    demo.queue(default_concurrency_limit=1, max_size=QUEUE_MAX_SIZE)
+    return demo
+
+
+def launch_demo(demo: gr.Blocks, host: str = "127.0.0.1", port: int | None = None, share: bool = False,
+                prevent_thread_lock: bool = False, quiet: bool = False):
+    """Launch with the app's limits: upload size, theme, CSS, downloads folder allowed."""
+    return demo.launch(server_name=host, server_port=port, share=share, max_file_size=f"{inf.MAX_UPLOAD_MB}mb",
+                       prevent_thread_lock=prevent_thread_lock, quiet=quiet, css=CSS, theme=gr.themes.Soft(),
+                       allowed_paths=[str(download_dir())], show_error=False, ssr_mode=False)

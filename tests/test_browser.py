@@ -1,0 +1,100 @@
+"""Real-browser end-to-end test of the app (Debian Chromium driven by playwright-core).
+
+Starts ``python app.py --demo-model tiny-monotone`` on a free port, runs
+``tests/browser/e2e.mjs``: upload an example, read KC-hat, move the epsilon slider to its
+maximum, check that KC-hat on the page changes, save screenshots. The demo model's token
+count falls with epsilon by construction (app/demo_model.py), so the change is guaranteed.
+
+Needs ``/usr/bin/chromium`` (apt-get install chromium), ``node`` and
+``npm ci --prefix tests/browser``; skips with the reason otherwise. Screenshots go to
+``$KARL_ARTIFACTS_DIR/browser`` (default ``tests/browser/artifacts``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.browser
+
+ROOT = Path(__file__).resolve().parents[1]
+BROWSER_DIR = ROOT / "tests" / "browser"
+CHROMIUM = os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium")
+EXAMPLE = ROOT / "assets" / "examples" / "00_photo_astronaut.png"
+
+
+def _missing() -> str | None:
+    if not Path(CHROMIUM).exists():
+        return f"{CHROMIUM} not found: apt-get install -y chromium (see ci_snippets/browser_setup.sh)"
+    if shutil.which("node") is None:
+        return "node not found: apt-get install -y nodejs npm"
+    if not (BROWSER_DIR / "node_modules" / "playwright-core").is_dir():
+        return "playwright-core not installed: npm ci --prefix tests/browser"
+    if not EXAMPLE.is_file():
+        return f"{EXAMPLE} missing: python scripts/make_examples.py"
+    return None
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_up(url: str, proc: subprocess.Popen, timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"app.py exited with {proc.returncode}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.5)
+    raise TimeoutError(f"app did not answer at {url} within {timeout:.0f} s")
+
+
+def test_browser_upload_and_slider(tmp_path):
+    reason = _missing()
+    if reason:
+        pytest.skip(reason)
+    out_dir = Path(os.environ.get("KARL_ARTIFACTS_DIR", BROWSER_DIR / "artifacts")) / "browser"
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}/"
+    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "OMP_NUM_THREADS": "1",
+           "GRADIO_TEMP_DIR": str(tmp_path / "gradio")}
+    log = open(tmp_path / "app.log", "w")
+    proc = subprocess.Popen([sys.executable, str(ROOT / "app.py"), "--demo-model", "tiny-monotone",
+                             "--port", str(port), "--no-warmup"], cwd=ROOT, env=env,
+                            stdout=log, stderr=subprocess.STDOUT)
+    try:
+        _wait_up(url, proc)
+        run = subprocess.run(["node", "e2e.mjs", url, str(EXAMPLE), str(out_dir)], cwd=BROWSER_DIR,
+                             capture_output=True, text=True, timeout=240,
+                             env={**os.environ, "CHROMIUM_PATH": CHROMIUM})
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+    lines = [ln for ln in run.stdout.splitlines() if ln.startswith("{")]
+    assert lines, f"no result from e2e.mjs (rc {run.returncode}):\n{run.stdout}\n{run.stderr}\n" \
+                  f"app log:\n{(tmp_path / 'app.log').read_text()[-3000:]}"
+    result = json.loads(lines[-1])
+    assert result["ok"], f"browser test failed: {result}\n{run.stderr[-2000:]}"
+    assert result["kc_before"] != result["kc_after"], result
+    assert int(result["kc_after"]) <= int(result["kc_before"]), "a looser epsilon kept more tokens"
+    assert (out_dir / "02_epsilon_moved.png").stat().st_size > 10_000
+    assert not result["page_errors"], result["page_errors"]
