@@ -33,6 +33,9 @@ def train_main(argv: list[str] | None = None) -> int:
     except NonFiniteLossError as e:
         print(f"karl-train: {e}", file=sys.stderr)
         return 3
+    except KeyboardInterrupt:
+        print("karl-train: interrupted; state saved, re-run the same command to resume", file=sys.stderr)
+        return 130
     if trainer.dist.is_main:
         print(f"done: step {trainer.step}; release in {trainer.out / 'release'}")
     return 0

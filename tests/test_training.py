@@ -184,3 +184,31 @@ def test_torchrun_two_process_gloo_smoke(tmp_path):
     start = next(r for r in logs if r.get("event") == "start")
     assert start["world_size"] == 2
     assert any(r.get("event") == "end" and r["step"] == 3 for r in logs)
+
+
+def test_sigterm_saves_state_and_the_same_command_resumes(tmp_path):
+    import signal
+    import time
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    def cmd(max_steps):
+        return [sys.executable, "-m", "karl.cli", "train", "--preset", "tiny", "stage=1",
+                f"train.max_steps={max_steps}", "train.ckpt_every=100000", "train.log_every=1",
+                f"train.out_dir={tmp_path}", "data.source=synthetic"]
+    proc = subprocess.Popen(cmd(100000), cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    log = tmp_path / "log.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        if log.exists() and sum(1 for l in log.read_text().splitlines() if '"loss"' in l) >= 3:
+            break
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 130
+    events = [json.loads(l) for l in log.read_text().splitlines()]
+    stopped = next(r for r in events if r.get("event") == "interrupted")["step"]
+    assert stopped >= 3
+    assert torch.load(tmp_path / "state.pt", weights_only=True)["step"] == stopped
+    res = subprocess.run(cmd(stopped + 2), cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr[-2000:]
+    events = [json.loads(l) for l in log.read_text().splitlines()]
+    assert [r["step"] for r in events if r.get("event") == "resume"] == [stopped]
+    assert events[-1]["event"] == "end" and events[-1]["step"] == stopped + 2

@@ -270,6 +270,7 @@ class Trainer:
         bar = tqdm(total=tc.max_steps, initial=self.step, disable=not self.show_progress,
                    desc=f"stage {tc.stage}", dynamic_ncols=True)
         last: dict[str, float] = {}
+        restore = _sigterm_as_interrupt()
         try:
             while self.step < tc.max_steps:
                 images = next(data).to(self.device, non_blocking=True)
@@ -293,6 +294,7 @@ class Trainer:
             raise
         finally:
             bar.close()
+            restore()
         self.save_state()
         self.save_release()
         self.log({"event": "end", "step": self.step, "minutes": (time.time() - start) / 60})
@@ -303,6 +305,24 @@ class Trainer:
         if self.dist.world_size > 1:
             dist.all_reduce(flag, op=dist.ReduceOp.MAX)
         return bool(flag.item())
+
+
+def _sigterm_as_interrupt():
+    """Treat SIGTERM (``kill``, job schedulers) like Ctrl-C so the run saves its state.
+
+    Returns a function restoring the previous handler. No-op outside the main thread.
+    """
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    return lambda: signal.signal(signal.SIGTERM, previous)
 
 
 def infinite_batches(dataset, batch_size: int, dist_info: DistInfo, seed: int = 0,
