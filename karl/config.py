@@ -176,6 +176,23 @@ def _cpu() -> ExperimentConfig:
     return ExperimentConfig(preset="cpu", model=model, train=train, data=data)
 
 
+def _gpu128() -> ExperimentConfig:
+    # The larger bundled-model candidate for one GPU: 128x128 input, 16x16 grid, 128 tokens,
+    # small enough (~50 MB of fp32 weights) to ship in the repository.
+    base = BaseTokenizerConfig(kind="conv_ae", latent_dim=16, downsample=8, channels=64,
+                               channel_mult=(1, 2, 2, 4), num_res_blocks=2)
+    model = ModelConfig(image_size=128, width=256, encoder_layers=6, decoder_layers=6, heads=8,
+                        num_latent_tokens=256, max_tokens=128, pos_table_size=16, token_dim=12,
+                        halting_hidden=256, base=base)  # ~12.5 M parameters: < 60 MB in fp32
+    train = TrainConfig(batch_size=128, lr=1e-3, warmup_steps=1000, max_steps=30_000,
+                        budget_step=8, budget_max=184, ema_decay=0.9995, gan_mid_step=5000,
+                        gan_late_step=20_000, disc_ndf=64, disc_layers=3, lpips_net="vgg",
+                        log_every=50, ckpt_every=1000)
+    data = DataConfig(source="mixed", path="data_cache/corpus", procedural_fraction=0.3,
+                      holdout_fraction=0.2)
+    return ExperimentConfig(preset="gpu128", model=model, train=train, data=data)
+
+
 def _small(base_kind: str = "vqgan") -> ExperimentConfig:
     if base_kind == "vqgan":
         base = BaseTokenizerConfig(kind="vqgan", latent_dim=256, downsample=16, channels=128,
@@ -194,6 +211,7 @@ def _small(base_kind: str = "vqgan") -> ExperimentConfig:
 PRESETS: dict[str, typing.Callable[[], ExperimentConfig]] = {
     "tiny": _tiny,
     "cpu": _cpu,
+    "gpu128": _gpu128,
     "small": _small,
     "small_vae": lambda: _small("kl_vae"),
 }
