@@ -180,10 +180,10 @@ def _gpu128() -> ExperimentConfig:
     # The larger bundled-model candidate for one GPU: 128x128 input, 16x16 grid, 128 tokens,
     # small enough (~50 MB of fp32 weights) to ship in the repository.
     base = BaseTokenizerConfig(kind="conv_ae", latent_dim=16, downsample=8, channels=64,
-                               channel_mult=(1, 2, 2, 4), num_res_blocks=2)
-    model = ModelConfig(image_size=128, width=256, encoder_layers=6, decoder_layers=6, heads=8,
+                               channel_mult=(1, 2, 2, 4), num_res_blocks=1)
+    model = ModelConfig(image_size=128, width=256, encoder_layers=5, decoder_layers=5, heads=8,
                         num_latent_tokens=256, max_tokens=128, pos_table_size=16, token_dim=12,
-                        halting_hidden=256, base=base)  # ~12.5 M parameters: < 60 MB in fp32
+                        halting_hidden=256, base=base)  # ~14 M parameters: < 60 MB in fp32
     train = TrainConfig(batch_size=128, lr=1e-3, warmup_steps=1000, max_steps=30_000,
                         budget_step=8, budget_max=184, ema_decay=0.9995, gan_mid_step=5000,
                         gan_late_step=20_000, disc_ndf=64, disc_layers=3, lpips_net="vgg",
