@@ -85,7 +85,7 @@ def main() -> None:
         for name in args.presets.split(","):
             r = bench(name, dev, args.batch, args.iters)
             print(f"{r['preset']:8} {r['device']:6} {r['batch']:5d} {r['params_M']:9.1f} "
-                  f"{r['train_img_s']:12.1f} {r['infer_img_s']:12.1f}")
+                  f"{r['train_img_s']:12.3g} {r['infer_img_s']:12.3g}")
 
 
 if __name__ == "__main__":
