@@ -328,7 +328,11 @@ def get_lpips_module(net: str = "alex", device: str | torch.device = "cpu") -> n
         device = torch.device("cuda", torch.cuda.current_device())
     key = (net, str(device))
     if key not in _LPIPS_MODULES:
-        module = _build_lpips(net).eval().to(device)
+        # Build outside inference mode: the module is cached and shared with training, and
+        # buffers created under torch.inference_mode() (the app, evaluation) could never
+        # take part in a backward pass afterwards.
+        with torch.inference_mode(False):
+            module = _build_lpips(net).eval().to(device)
         module.requires_grad_(False)
         _LPIPS_MODULES[key] = module
     return _LPIPS_MODULES[key]

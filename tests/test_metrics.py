@@ -158,3 +158,13 @@ def test_dreamsim_unavailable_is_clear():
         pass
     with pytest.raises(metrics.MetricUnavailableError, match="not available offline"):
         metrics.dreamsim_distance(torch.rand(1, 3, 32, 32), torch.rand(1, 3, 32, 32))
+
+
+def test_lpips_built_under_inference_mode_still_trains(lpips_pairs):
+    metrics._LPIPS_MODULES.clear()  # force a rebuild inside inference mode, as the app does
+    x, y = lpips_pairs
+    with torch.inference_mode():
+        metrics.lpips(x, y, net="alex")
+    a = (x * 2 - 1).requires_grad_(True)
+    metrics.get_lpips_module("alex", "cpu")(a, y * 2 - 1).sum().backward()
+    assert a.grad is not None and torch.isfinite(a.grad).all()
