@@ -25,7 +25,9 @@ from karl.config import TrainConfig
 from karl.metrics import l1 as per_image_l1
 from karl.model import KARL, epsilon_to_bin
 
-# recon_fn(head [b, c, g, g], phase) -> (loss, parts, reconstructed images or None)
+# recon_fn(head [b, c, g, g], phase) -> (loss, parts, reconstructed images or None); the
+# losses in karl/losses.py take the base grid's target as a third argument, bound by
+# karl_iteration (``_bind_target``) so the phases never see it.
 ReconFn = Callable[[Tensor, str], "tuple[Tensor, dict[str, float], Tensor | None]"]
 
 
