@@ -9,8 +9,6 @@ repeat (the release's batch-mixing defect, KARL_FACTS section 5).
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from einops import rearrange
@@ -74,8 +72,3 @@ class Transformer(nn.Module):
             x = block(x, key_mask)
         return x
 
-
-def sinusoid_init_(table: Tensor) -> None:
-    """Small random init for learned position/latent tables (scale 1/sqrt(width))."""
-    with torch.no_grad():
-        table.normal_(0, 1 / math.sqrt(table.shape[-1] if table.ndim == 2 else table.shape[0]))
