@@ -77,3 +77,14 @@ class BaseTokenizer(nn.Module):
     @torch.no_grad()
     def reconstruct(self, images: Tensor) -> Tensor:
         return self.decode(self.encode(images).features)
+
+
+class Upsample(nn.Module):
+    """Nearest 2x upsampling then a 3x3 conv (``upsample.conv`` in both paper tokenizers)."""
+
+    def __init__(self, ch: int):
+        super().__init__()
+        self.conv = nn.Conv2d(ch, ch, 3, padding=1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
-from karl.base_tokenizers.base import BaseGrid, BaseTokenizer
+from karl.base_tokenizers.base import BaseGrid, BaseTokenizer, Upsample
 from karl.config import BaseTokenizerConfig
 
 
@@ -46,15 +46,6 @@ class MaskGITResBlock(nn.Module):
         h = self.conv2(F.silu(self.norm2(h)))
         residual = x if self.nin_shortcut is None else self.nin_shortcut(h)
         return h + residual
-
-
-class Upsample(nn.Module):
-    def __init__(self, ch: int):
-        super().__init__()
-        self.conv = nn.Conv2d(ch, ch, 3, padding=1)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
 
 
 class _Level(nn.Module):
