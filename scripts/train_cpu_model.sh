@@ -7,7 +7,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
-S0=${STAGE0_MIN:-30}; S1=${STAGE1_MIN:-75}; S2=${STAGE2_MIN:-15}
+S0=${STAGE0_MIN:-30}; S1=${STAGE1_MIN:-100}; S2=${STAGE2_MIN:-15}
 
 [ -f data_cache/corpus/manifest.json ] || $PY -m karl.data.corpus --out data_cache/corpus
 $PY -m karl.cli train --config configs/cpu_stage0.yaml train.max_minutes=$S0 "$@"

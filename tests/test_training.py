@@ -107,6 +107,32 @@ def test_stage0_and_stage2_run(tmp_path):
     assert t2.step == 3 and "d_loss" in parts and "ltc/g_loss" in parts and "eic/d_weight" in parts
 
 
+def test_base_from_takes_only_the_base_and_the_ema_starts_from_loaded_weights(tmp_path):
+    from karl.train.loop import Trainer
+    t0 = Trainer(_cfg(tmp_path / "s0", "stage=0", "train.max_steps=2", "train.lpips_weight=0"),
+                 show_progress=False)
+    t0.run(_batches())
+    stage0 = {k: v.clone() for k, v in t0.model.state_dict().items()}
+    t1 = Trainer(_cfg(tmp_path / "s1", "stage=1", "train.max_steps=1", "train.seed=7",
+                      f"train.base_from={tmp_path / 's0' / 'release'}"), show_progress=False)
+    ema0 = t0.ema.state_dict()
+    for k, v in t1.model.state_dict().items():
+        if k.startswith("base."):
+            assert torch.equal(v, ema0[k]), k          # the stage-0 release holds the EMA weights
+            assert torch.equal(t1.ema.state_dict()[k], v.float()), k
+    # KARL's own weights keep this run's init (seed 7), not stage 0's random ones
+    assert not torch.equal(t1.model.latent_tokens, stage0["latent_tokens"])
+    with pytest.raises(ValueError, match="no base tokenizer weights"):
+        from safetensors.torch import save_file
+        save_file({"x": torch.zeros(1)}, str(tmp_path / "nobase.safetensors"))
+        bad = tmp_path / "bad"
+        bad.mkdir()
+        (bad / "model.safetensors").write_bytes((tmp_path / "nobase.safetensors").read_bytes())
+        (bad / "config.json").write_text((tmp_path / "s0" / "release" / "config.json").read_text())
+        Trainer(_cfg(tmp_path / "s1b", "stage=1", "train.max_steps=1", f"train.base_from={bad}"),
+                show_progress=False)
+
+
 def test_kill_and_resume_continues_from_saved_step(tmp_path):
     from karl.train.loop import Trainer
     cfg = _cfg(tmp_path, "stage=1", "train.max_steps=10", "train.ckpt_every=4")

@@ -116,8 +116,12 @@ class Trainer:
         state_path = self.out / "state.pt"
         if state_path.exists() and not restart:
             self._resume(state_path)
-        elif self.tc.init_from:
-            self._init_from(self.tc.init_from)
+        else:
+            if self.tc.init_from:
+                self._init_from(self.tc.init_from)
+            if self.tc.base_from:
+                self._base_from(self.tc.base_from)
+            self.ema = EMA(self.model, self.tc.ema_decay)  # start the average from the loaded weights
         self.step_module = TrainStep(self.model, self.tc.stage, self.pixel_loss)
         self.ddp = DDP(self.step_module, device_ids=[self.device.index] if self.device.type == "cuda" else None) \
             if self.dist.world_size > 1 else self.step_module
@@ -142,14 +146,26 @@ class Trainer:
             module = get_lpips_module(self.tc.lpips_net, self.device)
         return PixelLoss(module, self.tc.lpips_weight)
 
+    @staticmethod
+    def _read_weights(p: Path, device: torch.device) -> dict[str, Tensor]:
+        if p.is_file():
+            return load_state(p, device)["ema"]
+        return read_release(p)[1]
+
     def _init_from(self, path: str) -> None:
         p = Path(path)
-        if p.is_file():
-            state = load_state(p, self.device)["ema"]
-        else:
-            _, state = read_release(p)
-        load_state_dict_strict(self.model, state)
+        load_state_dict_strict(self.model, self._read_weights(p, self.device))
         self.log({"event": "init_from", "path": str(p)})
+
+    def _base_from(self, path: str) -> None:
+        """Take only the base tokenizer (``base.*``) from a stage-0 run; KARL keeps its fresh init."""
+        p = Path(path)
+        state = {k[len("base."):]: v for k, v in self._read_weights(p, self.device).items()
+                 if k.startswith("base.")}
+        if not state:
+            raise ValueError(f"{p} holds no base tokenizer weights (no 'base.*' keys)")
+        load_state_dict_strict(self.model.base, state)
+        self.log({"event": "base_from", "path": str(p)})
 
     def _resume(self, path: Path) -> None:
         state = load_state(path, self.device)
