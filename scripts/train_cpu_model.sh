@@ -1,15 +1,17 @@
 #!/usr/bin/env bash
 # Train the bundled demo model (preset `cpu`) end to end on this machine's CPU:
-#   stage 0: our conv autoencoder; stage 1: latent distillation (EIC + LTC);
-#   stage 2: pixel L1 + LPIPS(VGG) + PatchGAN fine-tuning.
+#   stage 0: our conv autoencoder; stage 1 + 1b: latent distillation (EIC + LTC; 1b
+#   re-weights the token loss, see configs/cpu_stage1b.yaml); stage 2: pixel L1 +
+#   LPIPS(AlexNet) + PatchGAN fine-tuning.
 # Each stage stops at its step count or its time budget (minutes), checkpoints every
-# `ckpt_every` steps and resumes when re-run. Budgets: STAGE0_MIN STAGE1_MIN STAGE2_MIN.
+# `ckpt_every` steps and resumes when re-run. Budgets: STAGE0_MIN STAGE1_MIN STAGE1B_MIN STAGE2_MIN.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
-S0=${STAGE0_MIN:-30}; S1=${STAGE1_MIN:-100}; S2=${STAGE2_MIN:-15}
+S0=${STAGE0_MIN:-30}; S1=${STAGE1_MIN:-75}; S1B=${STAGE1B_MIN:-80}; S2=${STAGE2_MIN:-15}
 
-[ -f data_cache/corpus/manifest.json ] || $PY -m karl.data.corpus --out data_cache/corpus
+[ -f data_cache/corpus/manifest.json ] || $PY -m karl.data.corpus --out data_cache/corpus --with-debian
 $PY -m karl.cli train --config configs/cpu_stage0.yaml train.max_minutes=$S0 "$@"
 $PY -m karl.cli train --config configs/cpu_stage1.yaml train.max_minutes=$S1 "$@"
+$PY -m karl.cli train --config configs/cpu_stage1b.yaml train.max_minutes=$S1B "$@"
 $PY -m karl.cli train --config configs/cpu_stage2.yaml train.max_minutes=$S2 "$@"
