@@ -101,7 +101,6 @@ class Trainer:
         self.model = KARL(cfg.model).to(self.device)
         self.step = 0
         self._setup_trainable()
-        self.ema = EMA(self.model, self.tc.ema_decay)
         self.pixel_loss = self._pixel_loss() if self.tc.stage in (0, 2) else None
         self.disc = self.disc_opt = None
         if self.tc.stage == 2:
@@ -114,14 +113,14 @@ class Trainer:
         self.amp_dtype = torch.float16 if use_amp else (torch.bfloat16 if self.tc.amp_cpu else None)
         self.scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
         state_path = self.out / "state.pt"
-        if state_path.exists() and not restart:
+        resume = state_path.exists() and not restart
+        if not resume and self.tc.init_from:
+            self._init_from(self.tc.init_from)
+        if not resume and self.tc.base_from:
+            self._base_from(self.tc.base_from)
+        self.ema = EMA(self.model, self.tc.ema_decay)  # built after loading: it averages from those weights
+        if resume:
             self._resume(state_path)
-        else:
-            if self.tc.init_from:
-                self._init_from(self.tc.init_from)
-            if self.tc.base_from:
-                self._base_from(self.tc.base_from)
-            self.ema = EMA(self.model, self.tc.ema_decay)  # start the average from the loaded weights
         self.step_module = TrainStep(self.model, self.tc.stage, self.pixel_loss)
         self.ddp = DDP(self.step_module, device_ids=[self.device.index] if self.device.type == "cuda" else None) \
             if self.dist.world_size > 1 else self.step_module
