@@ -18,7 +18,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="app.py", description="KARL studio (Gradio app)")
-    p.add_argument("--checkpoint", help="release directory (config.json + model.safetensors) or, "
+    p.add_argument("--checkpoint", help="release directory (config.json + model.safetensors), a Hugging "
+                                        "Face Hub id (org/name; HF_HUB_OFFLINE=0 to download) or, "
                                         "with --trust-official, an authors' .pth")
     p.add_argument("--trust-official", action="store_true",
                    help="allow unpickling an authors' .pth (torch.load(weights_only=False) can run "

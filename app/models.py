@@ -32,7 +32,8 @@ def load_app_model(checkpoint: str | Path | None = None, trust_official: bool = 
 
     - ``demo_model="tiny-monotone"``: the deterministic test model (app.demo_model).
     - ``checkpoint``: a release directory (``config.json`` + ``model.safetensors``, or
-      the ``.safetensors`` file in one) or, with ``trust_official``, an authors' ``.pth``.
+      the ``.safetensors`` file in one), a Hugging Face Hub id (``org/name``) or, with
+      ``trust_official``, an authors' ``.pth``.
       Failure raises :class:`ModelLoadError` with the reason.
     - neither: the bundled ``assets/checkpoints/karl_cpu``; if it is missing or broken, a
       randomly initialised ``cpu`` model with a warning banner.
@@ -45,6 +46,9 @@ def load_app_model(checkpoint: str | Path | None = None, trust_official: bool = 
                            "Demo model **tiny-monotone**: hand-set weights for tests; token counts "
                            "fall with epsilon by construction, reconstructions are meaningless.")
     if checkpoint is not None:
+        from karl.hub import is_hub_id
+        if is_hub_id(checkpoint):  # org/name: a Hugging Face Hub repo (cached, or downloaded)
+            return LoadedModel(_load_hub(str(checkpoint), device), f"{checkpoint} (Hugging Face Hub)")
         return LoadedModel(_load_checkpoint(Path(checkpoint), trust_official, device), str(checkpoint))
     if (DEFAULT_CHECKPOINT / "config.json").is_file():
         try:
@@ -59,6 +63,15 @@ def load_app_model(checkpoint: str | Path | None = None, trust_official: bool = 
                        f"**Untrained model**: {reason}. The app runs a *randomly initialised* "
                        "`cpu` preset: token counts and reconstructions are meaningless. Pass "
                        "`--checkpoint DIR` to load a trained model.")
+
+
+def _load_hub(repo_id: str, device: str):
+    from karl.api import load_pretrained
+    from karl.checkpoint import CheckpointError
+    try:
+        return load_pretrained(repo_id, device=device).eval()
+    except CheckpointError as err:  # HubUnavailableError says how to pass a local folder instead
+        raise ModelLoadError(f"cannot load {repo_id}: {err}") from None
 
 
 def _load_checkpoint(path: Path, trust_official: bool, device: str):

@@ -25,8 +25,18 @@ def save_pretrained(model: KARL, directory: str | Path, extra: dict[str, Any] | 
     return write_release(directory, to_dict(model.config), model.state_dict(), extra)
 
 
-def load_pretrained(directory: str | Path, device: str | torch.device = "cpu") -> KARL:
-    """Load a release directory strictly; raises CheckpointError naming any key mismatch."""
+def load_pretrained(directory: str | Path, device: str | torch.device = "cpu",
+                    revision: str | None = None) -> KARL:
+    """Load a release directory strictly; raises CheckpointError naming any key mismatch.
+
+    ``directory`` may also be a Hugging Face Hub id (``"org/name"`` or ``"org/name@rev"``)
+    that is not an existing local path: it resolves to the local snapshot folder of that
+    repo (downloaded, or from the cache when offline; see :mod:`karl.hub`), which then
+    loads like any release directory.
+    """
+    from karl.hub import is_hub_id, snapshot_dir
+    if is_hub_id(directory):
+        directory = snapshot_dir(str(directory), revision)
     meta, state = read_release(directory)
     cfg = model_config_from_dict(meta["model"])
     model = KARL(cfg)

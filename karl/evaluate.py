@@ -383,7 +383,8 @@ def open_source(spec: str, size: int, max_images: int | None = None, split: str 
 # ----------------------------------------------------------------------------- model
 
 def load_model(checkpoint: str, trust_official: bool = False, device: str | torch.device = "cpu") -> KARL:
-    """A release directory, an authors' ``.pth`` (with ``trust_official``), or ``random:PRESET``."""
+    """A release directory, a Hub id (``org/name``), an authors' ``.pth`` (with ``trust_official``),
+    or ``random:PRESET``."""
     if checkpoint.startswith("random:"):
         from karl.api import build_model
         warnings.warn(f"{checkpoint}: a randomly initialised model; numbers are meaningless", stacklevel=2)
@@ -397,10 +398,13 @@ def load_model(checkpoint: str, trust_official: bool = False, device: str | torc
             raise EvalError(f"no such checkpoint file {path}")
         from karl import load_official
         return load_official(path, trust=True, device=device).eval()
+    from karl.api import load_pretrained
+    from karl.hub import is_hub_id
+    if is_hub_id(checkpoint):  # org/name: the Hub snapshot (or the Hub cache when offline)
+        return load_pretrained(checkpoint, device=device).eval()
     if not path.is_dir():
         raise EvalError(f"--checkpoint {checkpoint}: not a release directory (config.json + "
-                        "model.safetensors), an authors' .pth, or random:PRESET")
-    from karl.api import load_pretrained
+                        "model.safetensors), a Hub id (org/name), an authors' .pth, or random:PRESET")
     return load_pretrained(path, device=device).eval()
 
 
@@ -746,7 +750,8 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Rerunning the same command resumes (rows already in OUT/per_image.csv are skipped). "
                "Multi-process: torchrun --nproc_per_node N -m karl.evaluate ...")
     p.add_argument("--checkpoint", required=True,
-                   help="release directory (config.json + model.safetensors), an authors' .pth "
+                   help="release directory (config.json + model.safetensors), a Hugging Face Hub id "
+                        "(org/name[@rev]), an authors' .pth "
                         "(needs --trust-official), or random:PRESET (a random model, smoke tests only)")
     p.add_argument("--trust-official", action="store_true", help="allow unpickling an authors' .pth")
     p.add_argument("--data", required=True,
