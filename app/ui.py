@@ -390,6 +390,9 @@ def build_demo(model, examples_dir: str | Path | None = EXAMPLES_DIR, banner: st
                            inputs=[a_source, a_files, a_eps], outputs=[a_file, a_status],
                            api_visibility="private", **run_model)
 
+        from app.tokens_tab import build_tokens_tab  # issue 17: what each token encodes
+        build_tokens_tab(model, run_model, examples)
+
     demo.queue(default_concurrency_limit=1, max_size=QUEUE_MAX_SIZE)
     return demo
 
