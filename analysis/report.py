@@ -44,6 +44,7 @@ SECTIONS = {
     "gallery": "4. Data-set complexity gallery",
     "human": "5. Human complexity",
     "description": "6. Known description length",
+    "tokens": "7. What each token encodes",
 }
 
 
@@ -238,7 +239,8 @@ def build_report(model, images: Tensor, names: Sequence[str], out_html: str | Pa
         (obj if isinstance(obj, pd.DataFrame) else obj.to_frame()).to_csv(path, index=False)
         return path
 
-    steps = ["kc curve", "halting", "structure vs noise", "gallery", "human", "description length"]
+    steps = ["kc curve", "halting", "structure vs noise", "gallery", "human", "description length",
+             "tokens"]
     from tqdm.auto import tqdm
     bar = tqdm(total=len(steps), desc="report")
 
@@ -339,10 +341,37 @@ def build_report(model, images: Tensor, names: Sequence[str], out_html: str | Pa
     section("description", _fig_html(plot_description_length(dl)), _table(dl.correlations),
             _csv_note([p_dl, p_dlc], out_dir))
     bar.update()
+
+    # 7. Progressive decoding and token maps of the section-1 image.
+    section("tokens", *_tokens_section(model, images[rep], names[rep], epsilon, save, out_dir))
+    bar.update()
     bar.close()
 
     out_html.write_text(_page(title, "".join(parts)), encoding="utf-8")
     return out_html
+
+
+def _tokens_section(model, image: Tensor, name: str, epsilon: float, save, out_dir: Path,
+                    max_maps: int = 64) -> list[str]:
+    """HTML parts of section 7 (analysis/tokens.py): film strip, error curve, token maps."""
+    from analysis.tokens import (compute_progressive, compute_token_maps, plot_map_agreement,
+                                 plot_progressive, plot_progressive_strip, plot_segmentation,
+                                 plot_token_maps)
+
+    pg = compute_progressive(model, image, epsilon)
+    tm = compute_token_maps(model, image, epsilon, max_maps=max_maps)
+    paths = [save(pg, "tokens_progressive.csv"), save(tm, "token_maps.csv")]
+    sampled = f" ({html.escape(tm.notes[0])})" if tm.notes else ""
+    return [f"<p>Image <b>{html.escape(name)}</b> (as in section 1), epsilon {epsilon:g}: KC-hat "
+            f"{tm.kc_hat}. The program (its kept tokens, in order) decoded with its first 1, 2, 4, "
+            "... tokens; then, per token, how much each pixel changes when that token alone is "
+            f"removed (each map scaled to its own maximum){sampled}, the token that explains each "
+            "pixel most, and where this agrees with the decoder's attention to the token. "
+            "Definitions: docs/ANALYSIS.md.</p>",
+            _fig_html(plot_progressive_strip(pg)), _fig_html(plot_progressive(pg)),
+            _fig_html(plot_token_maps(tm)), _fig_html(plot_segmentation(tm)),
+            _fig_html(plot_map_agreement(tm)) if tm.attention is not None and len(tm.tokens) else "",
+            _details("Per-token table", _table(tm.to_frame(), 64)), _csv_note(paths, out_dir)]
 
 
 # ----------------------------------------------------------------------------- CLI

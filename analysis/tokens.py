@@ -300,6 +300,20 @@ def _to_uint8(image: np.ndarray) -> np.ndarray:
     return (np.clip(np.moveaxis(image, 0, -1), 0, 1) * 255).round().astype(np.uint8)
 
 
+def _png_image(image: np.ndarray):
+    """A plotly Image trace from [3, H, W] floats, as an inline PNG (far smaller than ``z``)."""
+    import base64
+    import io
+
+    import plotly.graph_objects as go
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(_to_uint8(image)).save(buf, format="PNG", optimize=True)
+    return go.Image(source="data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii"),
+                    hoverinfo="skip")
+
+
 def map_rgb(tm: TokenMaps, j: int, overlay: float = 0.0, kind: str = "removal") -> np.ndarray:
     """Map of mapped token ``j`` as [H, W, 3] uint8 (inferno, scaled to its own maximum);
     ``overlay`` in (0, 1] blends it over the grey original instead."""
@@ -358,7 +372,7 @@ def plot_progressive_strip(pg: ProgressiveData):
     titles = ["original"] + [f"{n} tok<br>L1 {e:.3f}" for n, e in zip(pg.num_tokens, pg.l1)]
     fig = make_subplots(rows=1, cols=len(titles), subplot_titles=titles, horizontal_spacing=0.01)
     for i, img in enumerate([pg.original, *pg.images]):
-        fig.add_trace(go.Image(z=_to_uint8(img), hoverinfo="skip"), row=1, col=i + 1)
+        fig.add_trace(_png_image(img), row=1, col=i + 1)
     fig.update_xaxes(visible=False)
     fig.update_yaxes(visible=False)
     fig.update_layout(title="Program prefixes decoded", template="plotly_white",
@@ -374,7 +388,7 @@ def plot_token_map(tm: TokenMaps, j: int, kind: str = "removal"):
     assert 0 <= j < len(tm.tokens), f"token index {j} outside [0, {len(tm.tokens)})"
     label = "change when removed (sum over RGB)" if kind == "removal" else "decoder attention"
     fig = make_subplots(rows=1, cols=2, subplot_titles=("original", label), horizontal_spacing=0.04)
-    fig.add_trace(go.Image(z=_to_uint8(tm.original), hoverinfo="skip"), row=1, col=1)
+    fig.add_trace(_png_image(tm.original), row=1, col=1)
     fig.add_trace(go.Heatmap(z=tm._maps(kind)[j], colorscale="Inferno", colorbar_title=kind,
                              hovertemplate="x %{x}, y %{y}: %{z:.4f}<extra></extra>"), row=1, col=2)
     fig.update_yaxes(autorange="reversed", scaleanchor="x2", row=1, col=2)
@@ -385,7 +399,7 @@ def plot_token_map(tm: TokenMaps, j: int, kind: str = "removal"):
     return fig
 
 
-def plot_token_maps(tm: TokenMaps, kind: str = "removal", cols: int = 8, max_side: int = 64):
+def plot_token_maps(tm: TokenMaps, kind: str = "removal", cols: int = 8, max_side: int = 32):
     """Every mapped token's map as one mosaic, each tile scaled to its own maximum (tiles are
     average-pooled to at most ``max_side`` px); hover gives the token and its raw value."""
     import plotly.graph_objects as go
@@ -399,16 +413,14 @@ def plot_token_maps(tm: TokenMaps, kind: str = "removal", cols: int = 8, max_sid
     norm = pooled / np.where(peak > 0, peak, 1)[:, None, None]
     cols = min(cols, m)
     rows, s = -(-m // cols), pooled.shape[-1]
-    z = np.full((rows * (s + 1), cols * (s + 1)), np.nan)
-    raw, tok = np.full_like(z, np.nan), np.full(z.shape, "", dtype=object)
+    z = np.full((3, rows * (s + 1), cols * (s + 1)), np.nan)      # normalised, raw, token (1-based)
     for j in range(m):
         r, c = divmod(j, cols)
-        z[r * (s + 1):r * (s + 1) + s, c * (s + 1):c * (s + 1) + s] = norm[j]
-        raw[r * (s + 1):r * (s + 1) + s, c * (s + 1):c * (s + 1) + s] = pooled[j]
-        tok[r * (s + 1):r * (s + 1) + s, c * (s + 1):c * (s + 1) + s] = f"token {int(tm.tokens[j]) + 1}"
-    fig = go.Figure(go.Heatmap(z=z, customdata=np.dstack([raw, tok]), colorscale="Inferno", zmin=0, zmax=1,
-                               colorbar_title="/ max", hoverongaps=False,
-                               hovertemplate="%{customdata[1]}: %{customdata[0]:.4f}<extra></extra>"))
+        tile = np.s_[r * (s + 1):r * (s + 1) + s, c * (s + 1):c * (s + 1) + s]
+        z[0][tile], z[1][tile], z[2][tile] = norm[j], pooled[j], tm.tokens[j] + 1
+    fig = go.Figure(go.Heatmap(z=z[0], customdata=np.dstack([z[1], z[2]]), colorscale="Inferno", zmin=0,
+                               zmax=1, colorbar_title="/ max", hoverongaps=False,
+                               hovertemplate="token %{customdata[1]:.0f}: %{customdata[0]:.4f}<extra></extra>"))
     fig.update_yaxes(autorange="reversed", scaleanchor="x", visible=False)
     fig.update_xaxes(visible=False)
     what = "change when removed" if kind == "removal" else "decoder attention"
@@ -425,7 +437,7 @@ def plot_segmentation(tm: TokenMaps, kind: str = "removal"):
     seg = tm.segmentation(kind)
     label = np.where(seg >= 0, tm.tokens[np.maximum(seg, 0)] + 1, 0)
     fig = make_subplots(rows=1, cols=2, subplot_titles=("original", "argmax token"), horizontal_spacing=0.04)
-    fig.add_trace(go.Image(z=_to_uint8(tm.original), hoverinfo="skip"), row=1, col=1)
+    fig.add_trace(_png_image(tm.original), row=1, col=1)
     fig.add_trace(go.Image(z=segmentation_rgb(tm, kind), customdata=label,
                            hovertemplate="token %{customdata}<extra></extra>"), row=1, col=2)
     fig.update_xaxes(visible=False)

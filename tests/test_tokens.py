@@ -211,3 +211,20 @@ def test_demo_has_the_tokens_tab(model):
     demo = ui.build_demo(model, examples_dir=None)
     labels = {getattr(b, "label", None) for b in demo.blocks.values()}
     assert "Tokens" in labels and "program prefixes decoded" in labels
+
+
+def test_report_section(model, image, tmp_path):
+    from analysis import report
+
+    saved = []
+
+    def save(obj, name):
+        path = tmp_path / name
+        obj.to_frame().to_csv(path, index=False)
+        saved.append(path)
+        return path
+    parts = report._tokens_section(model, image, "probe", 0.05, save, tmp_path, max_maps=6)
+    body = "".join(parts)
+    assert "Program prefixes decoded" in body and "argmax token" in body and "6 of 16 kept tokens mapped" in body
+    assert [p.name for p in saved] == ["tokens_progressive.csv", "token_maps.csv"]
+    assert "7. What each token encodes" in report.SECTIONS.values()
