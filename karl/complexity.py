@@ -1,0 +1,384 @@
+"""``karl-complexity``: KC-hat of every image of a data set at one or more epsilons, as a CSV.
+
+    karl-complexity IMAGES... [--checkpoint DIR|org/name] [--epsilon 0.05 0.1] [--out complexity.csv]
+
+IMAGES: folders (recursive), globs (``'data/**/*.jpg'``), image files, text files listing
+one image path a line, or ``imagefolder:PATH`` (a Hugging Face ``imagefolder`` data set).
+Each image is preprocessed like ``karl-eval`` (shorter side -> the model's input size, centre
+crop), encoded once per epsilon and decoded from its kept tokens.
+
+One CSV row per (image, epsilon): ``path, epsilon, epsilon_bin, kc_hat, continuous_kc, l1``
+(``l1``: the mean absolute pixel error of the reconstruction from the kept tokens, i.e. at
+KC-hat). Rows are appended after every batch; a rerun skips (path, epsilon) pairs already in
+the CSV. Unreadable files are skipped, logged and listed in ``skipped.txt`` next to the CSV.
+Exit code 0 when the CSV holds scores for at least one of the images, 1 when none could be
+scored, 2 on bad arguments or an unloadable model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import csv
+import glob
+import hashlib
+import json
+import logging
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import Tensor
+
+__all__ = ["main", "collect_images", "score_batch", "autocast_context", "autocast_dtype", "FIELDS",
+           "ComplexityError", "ImageItem"]
+
+FIELDS = ["path", "epsilon", "epsilon_bin", "kc_hat", "continuous_kc", "l1"]
+PRECISIONS = ("fp32", "bf16", "fp16", "auto")
+GLOB_CHARS = set("*?[")
+log = logging.getLogger("karl.complexity")
+
+
+class ComplexityError(RuntimeError):
+    """A user-facing problem: bad arguments, no images, a results file from another run."""
+
+
+# ----------------------------------------------------------------------------- precision
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for ``precision`` on ``device``; None means plain fp32.
+
+    ``auto``: bf16 on CUDA GPUs that support it, else fp16 on CUDA; fp32 on CPU (bf16
+    autocast only pays on CPUs with native bf16, and it can move halting decisions, so
+    CPU users opt in with ``bf16``).
+    """
+    if precision not in PRECISIONS:
+        raise ComplexityError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if precision == "fp32":
+        return None
+    if precision == "auto":
+        if device.type != "cuda":
+            return None
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.bfloat16 if precision == "bf16" else torch.float16
+
+
+def autocast_context(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
+    """``torch.autocast`` for ``precision`` on ``device`` (a no-op context for fp32)."""
+    dtype = autocast_dtype(precision, device)
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
+
+
+# ----------------------------------------------------------------------------- inputs
+
+@dataclass(frozen=True)
+class ImageItem:
+    id: str                 # the CSV's path column
+    source: Any             # what karl.data.images.load_image reads (a path, bytes)
+
+
+def _read_list(list_file: Path) -> list[ImageItem]:
+    """A text file with one image path a line; blank lines and '#' comments are ignored.
+
+    Relative paths are taken relative to the list file's folder when they exist there,
+    else relative to the working directory.
+    """
+    items = []
+    for line in list_file.read_text(errors="replace").splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        p = Path(line).expanduser()
+        if not p.is_absolute() and (list_file.parent / p).exists():
+            p = list_file.parent / p
+        items.append(ImageItem(str(p), p))
+    return items
+
+
+def _imagefolder(path: str, split: str, image_key: str) -> list[ImageItem]:
+    """A Hugging Face ``imagefolder``; images stay undecoded so a bad file is skipped, not fatal."""
+    try:
+        import datasets
+        ds = datasets.load_dataset("imagefolder", data_dir=path, split=split)
+        ds = ds.cast_column(image_key, datasets.Image(decode=False))
+    except Exception as err:
+        raise ComplexityError(f"imagefolder:{path}: cannot load split {split!r} "
+                              f"({type(err).__name__}: {err})") from None
+    items = []
+    for i, row in enumerate(ds[image_key]):
+        if row.get("path"):
+            items.append(ImageItem(row["path"], row["bytes"] if row.get("bytes") else row["path"]))
+        else:
+            items.append(ImageItem(f"imagefolder:{path}/{split}/{i}", row["bytes"]))
+    return items
+
+
+def _expand(spec: str, split: str, image_key: str) -> list[ImageItem]:
+    from karl.data.images import IMAGE_EXTENSIONS, list_images
+    if spec.startswith("imagefolder:"):
+        return _imagefolder(spec.split(":", 1)[1], split, image_key)
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        return [ImageItem(str(p), p) for p in list_images(path)]
+    if path.is_file():
+        if path.suffix.lower() in IMAGE_EXTENSIONS:
+            return [ImageItem(spec, path)]
+        return _read_list(path)
+    if GLOB_CHARS & set(spec):
+        matches = sorted(p for p in glob.glob(os.path.expanduser(spec), recursive=True) if Path(p).is_file())
+        if not matches:
+            raise ComplexityError(f"{spec!r}: the glob matches no file")
+        return [ImageItem(m, Path(m)) for m in matches]
+    raise ComplexityError(f"{spec!r}: no such folder, image file, file list or glob match")
+
+
+def collect_images(specs: list[str], split: str = "train", image_key: str = "image") -> list[ImageItem]:
+    """All images named by ``specs``, in order, each once."""
+    seen: dict[str, ImageItem] = {}
+    for spec in specs:
+        for item in _expand(spec, split, image_key):
+            seen.setdefault(item.id, item)
+    return list(seen.values())
+
+
+class _Images(torch.utils.data.Dataset):
+    """(index, [3, S, S] tensor or None, error message or None): a bad file does not stop the run."""
+
+    def __init__(self, items: list[ImageItem], size: int):
+        self.items, self.size = items, size
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int):
+        from karl.data.images import ImageLoadError, load_image, preprocess
+        try:
+            return i, preprocess(load_image(self.items[i].source), self.size), None  # = karl-eval's protocol
+        except (ImageLoadError, OSError, ValueError) as err:
+            msg = str(err)  # ImageLoadError names the file first; skipped.txt has it in column 1
+            return i, None, msg.split(": ", 1)[1] if msg.startswith(f"{self.items[i].source}: ") else msg
+
+
+def _collate(batch: list) -> list:
+    return batch
+
+
+# ----------------------------------------------------------------------------- scoring
+
+@torch.no_grad()
+def score_batch(model, images: Tensor, epsilons: list[float], precision: str = "fp32") -> list[list[dict]]:
+    """Per epsilon, per image: epsilon_bin, kc_hat, continuous_kc and l1 at KC-hat.
+
+    One base-tokenizer pass per batch, then one encoder + one decoder pass per epsilon.
+    Returns ``rows[e][b]`` dicts (without path / epsilon).
+    """
+    images = images.to(model.device)
+    out = []
+    with autocast_context(precision, images.device):
+        grid = model.base_encode(images)
+        for eps in epsilons:
+            enc = model.encode(images, epsilon=eps, base_grid=grid)
+            rec = model.decode(enc).float()
+            l1 = (rec - images).abs().flatten(1).mean(1)
+            # bins are stored as float32 (0.05 -> 0.0500000007): 6 significant digits name the bin
+            out.append([{"epsilon_bin": float(f"{float(enc.epsilon[b]):.6g}"), "kc_hat": int(enc.kc_hat[b]),
+                         "continuous_kc": round(float(enc.continuous_kc[b]), 5), "l1": round(float(l1[b]), 6)}
+                        for b in range(images.shape[0])])
+    return out
+
+
+# ----------------------------------------------------------------------------- results file
+
+def _eps_key(eps: float | str) -> str:
+    return f"{float(eps):g}"
+
+
+def _read_done(csv_path: Path) -> set[tuple[str, str]]:
+    """(path, epsilon) pairs already in the CSV; a last line cut short by a crash is dropped."""
+    if not csv_path.is_file() or csv_path.stat().st_size == 0:
+        return set()
+    data = csv_path.read_bytes()
+    if not data.endswith(b"\n"):  # interrupted mid-row: cut back to the last full line
+        csv_path.write_bytes(data[:data.rfind(b"\n") + 1])
+    with open(csv_path, newline="") as fh:
+        reader = csv.DictReader(fh)
+        if reader.fieldnames != FIELDS:
+            raise ComplexityError(f"{csv_path} has columns {reader.fieldnames}, not {FIELDS}: "
+                                  "pass --overwrite or another --out")
+        return {(r["path"], _eps_key(r["epsilon"])) for r in reader if r.get("l1") not in (None, "")}
+
+
+def _check_run(run_path: Path, fingerprint: dict, overwrite: bool, csv_path: Path) -> None:
+    """Refuse to append rows of another model or precision to an existing CSV."""
+    if run_path.is_file() and csv_path.is_file() and not overwrite:
+        old = json.loads(run_path.read_text())
+        diff = [k for k in fingerprint if old.get(k) != fingerprint[k]]
+        if diff:
+            raise ComplexityError(f"{csv_path} holds rows of another run (differs in {', '.join(diff)}): "
+                                  "pass --overwrite or another --out")
+    run_path.write_text(json.dumps(fingerprint, indent=2) + "\n")
+
+
+def _fingerprint(model, checkpoint: str, precision: str, device: torch.device) -> dict:
+    from karl.config import to_dict
+    cfg = json.dumps(to_dict(model.config), sort_keys=True)
+    ckpt = str(Path(checkpoint).resolve()) if Path(checkpoint).exists() else checkpoint
+    dtype = autocast_dtype(precision, device)
+    return {"checkpoint": ckpt, "model_config_sha1": hashlib.sha1(cfg.encode()).hexdigest(),
+            "image_size": model.image_size, "precision": "fp32" if dtype is None else str(dtype)}
+
+
+# ----------------------------------------------------------------------------- run
+
+def _default_checkpoint() -> str | None:
+    bundled = Path(__file__).resolve().parent.parent / "assets" / "checkpoints" / "karl_cpu"
+    return str(bundled) if (bundled / "config.json").is_file() else None
+
+
+def _parse_epsilons(values: list[str]) -> list[float]:
+    eps: list[float] = []
+    for v in values:
+        for part in v.split(","):
+            if not part.strip():
+                continue
+            try:
+                e = float(part)
+            except ValueError:
+                raise ComplexityError(f"--epsilon {part!r} is not a number") from None
+            if not 0 <= e <= 1:
+                raise ComplexityError(f"--epsilon {e:g} is outside [0, 1] (mean absolute pixel error)")
+            if _eps_key(e) not in {_eps_key(x) for x in eps}:
+                eps.append(e)
+    if not eps:
+        raise ComplexityError("--epsilon needs at least one value")
+    return eps
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="karl-complexity",
+        description="Score images with KARL: KC-hat (tokens kept), continuous KC and the L1 error at "
+                    "KC-hat, per image and epsilon, into a CSV. Reruns resume.",
+        epilog="IMAGES: folders (recursive), globs (quote them: 'data/**/*.png'), image files, text "
+               "files with one path a line, or imagefolder:PATH (Hugging Face imagefolder).")
+    p.add_argument("images", nargs="+", help="folders, globs, image files, file lists, imagefolder:PATH")
+    p.add_argument("--checkpoint", default=_default_checkpoint(),
+                   help="release directory, Hugging Face Hub id (org/name), authors' .pth (with "
+                        "--trust-official) or random:PRESET (default: the bundled karl_cpu)")
+    p.add_argument("--trust-official", action="store_true", help="allow unpickling an authors' .pth")
+    p.add_argument("--epsilon", nargs="+", default=["0.05"],
+                   help="target mean absolute pixel errors, space- or comma-separated (default 0.05)")
+    p.add_argument("--out", default="complexity.csv", help="CSV to write or resume (default complexity.csv)")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--precision", default="fp32", choices=PRECISIONS,
+                   help="fp32, bf16, fp16 (autocast) or auto (bf16/fp16 on CUDA, fp32 on CPU)")
+    p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda if available)")
+    p.add_argument("--workers", type=int, default=0, help="image-loading worker processes (default 0)")
+    p.add_argument("--split", default="train", help="imagefolder split (default train)")
+    p.add_argument("--image-key", default="image", help="imagefolder image column")
+    p.add_argument("--overwrite", action="store_true", help="discard an existing CSV instead of resuming")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return p
+
+
+def _load(args) -> Any:
+    if not args.checkpoint:
+        raise ComplexityError("no --checkpoint given and no bundled model next to the package")
+    from karl.evaluate import load_model
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    return load_model(args.checkpoint, args.trust_official, device), device
+
+
+def _write_rows(writer, fh, items: list[ImageItem], idx: list[int], scores, epsilons, done) -> int:
+    n = 0
+    for b, i in enumerate(idx):
+        for e, eps in enumerate(epsilons):
+            key = (items[i].id, _eps_key(eps))
+            if key in done:
+                continue
+            writer.writerow({"path": items[i].id, "epsilon": _eps_key(eps), **scores[e][b]})
+            done.add(key)
+            n += 1
+    fh.flush()
+    return n
+
+
+def run(args: argparse.Namespace) -> tuple[int, int, int]:
+    """Score; returns (images scored now, images with scores in the CSV, images skipped)."""
+    if args.batch_size < 1:
+        raise ComplexityError("--batch-size must be >= 1")
+    epsilons = _parse_epsilons(args.epsilon)
+    items = collect_images(args.images, args.split, args.image_key)
+    if not items:
+        raise ComplexityError("no images found in " + " ".join(args.images))
+    model, device = _load(args)
+    autocast_dtype(args.precision, device)  # validate before any work
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if args.overwrite and out.exists():
+        out.unlink()
+    _check_run(out.with_suffix(".run.json"), _fingerprint(model, args.checkpoint, args.precision, device),
+               args.overwrite, out)
+    done = _read_done(out)
+    todo = [i for i, it in enumerate(items) if any((it.id, _eps_key(e)) not in done for e in epsilons)]
+    log.info("%d images, %d epsilons; %d already in %s, %d to score on %s (%s)", len(items), len(epsilons),
+             len(items) - len(todo), out, len(todo), device, args.precision)
+    scored, skipped = _score_all(model, items, todo, epsilons, args, out, done)
+    (out.parent / "skipped.txt").write_text("".join(f"{items[i].id}\t{why}\n" for i, why in skipped))
+    with_rows = sum(all((it.id, _eps_key(e)) in done for e in epsilons) for it in items)
+    return scored, with_rows, len(skipped)
+
+
+def _score_all(model, items, todo, epsilons, args, out: Path, done) -> tuple[int, list[tuple[int, str]]]:
+    from tqdm import tqdm
+    sub = torch.utils.data.Subset(_Images(items, model.image_size), todo)
+    loader = torch.utils.data.DataLoader(sub, batch_size=args.batch_size, num_workers=args.workers,
+                                         collate_fn=_collate)
+    new_file = not out.is_file() or out.stat().st_size == 0
+    scored, skipped = 0, []
+    with open(out, "a", newline="") as fh, tqdm(total=len(todo), unit="img", disable=args.no_progress,
+                                                 desc="karl-complexity") as bar:
+        writer = csv.DictWriter(fh, fieldnames=FIELDS)
+        if new_file:
+            writer.writeheader()
+        for batch in loader:
+            good = [(i, x) for i, x, _ in batch if x is not None]
+            for i, _, why in batch:
+                if why is not None:
+                    log.warning("skipped %s: %s", items[i].id, why)
+                    skipped.append((i, why))
+            if good:
+                idx = [i for i, _ in good]
+                scores = score_batch(model, torch.stack([x for _, x in good]), epsilons, args.precision)
+                _write_rows(writer, fh, items, idx, scores, epsilons, done)
+                scored += len(good)
+            bar.update(len(batch))
+    return scored, skipped
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    from karl.checkpoint import CheckpointError
+    from karl.evaluate import EvalError
+    try:
+        scored, with_rows, skipped = run(args)
+    except (ComplexityError, EvalError, CheckpointError) as err:
+        print(f"karl-complexity: error: {err}", file=sys.stderr)
+        return 2
+    out = Path(args.out)
+    print(f"scored {scored} images now; {with_rows} images have rows in {out}"
+          + (f"; {skipped} skipped (listed in {out.parent / 'skipped.txt'})" if skipped else ""))
+    if with_rows == 0:
+        print("karl-complexity: no image could be scored", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
