@@ -124,7 +124,7 @@ def snapshot_dir(source: str, revision: str | None = None) -> Path:
                               "(`pip install huggingface_hub`), and no such local path exists") from None
     cache, endpoint, offline, timeout = _settings()
     if offline:
-        return _from_cache(repo_id, revision, cache, "HF_HUB_OFFLINE=1 is set")
+        return _from_cache(repo_id, revision, cache, "HF_HUB_OFFLINE=1 is set (HF_HUB_OFFLINE=0 allows a download)")
     sha, net_err = _resolve_revision(repo_id, revision, endpoint, timeout)
     if sha is None:  # unreachable: a cached snapshot still serves
         return _from_cache(repo_id, revision, cache, f"the Hugging Face Hub at {endpoint} cannot be reached "
