@@ -14,7 +14,7 @@ import time
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 import pandas as pd
@@ -25,8 +25,8 @@ from torch import Tensor
 from app.inference import InputError, PreparedImage, check_request, epsilon_bin, prepare_image
 from karl.data.images import IMAGE_EXTENSIONS
 
-__all__ = ["BatchResult", "collect_inputs", "iter_zip", "batch_tokenize", "write_csv", "download_dir",
-           "new_download_dir",
+__all__ = ["BatchResult", "collect_inputs", "iter_inputs", "prepare_inputs", "no_readable_image", "iter_zip",
+           "batch_tokenize", "write_csv", "csv_safe", "download_dir", "new_download_dir",
            "MAX_BATCH_IMAGES", "MAX_MEMBER_BYTES", "MAX_ZIP_TOTAL_BYTES"]
 
 MAX_BATCH_IMAGES = 256                  # images per batch request (the rest are skipped)
@@ -105,30 +105,85 @@ def iter_zip(path: str | Path, budget: list[int], max_members: int = MAX_BATCH_I
             budget[0] -= len(data)
             count += 1
             yield name, data, ""
+            data = None  # the consumer has it: do not pin it here while reading the next member
 
 
-def collect_inputs(files: Iterable[Any] | None, max_images: int = MAX_BATCH_IMAGES
-                   ) -> tuple[list[tuple[str, Any]], list[tuple[str, str]]]:
-    """Uploaded paths (images and zips) -> ([(name, path or bytes)], [(name, reason skipped)])."""
-    items: list[tuple[str, Any]] = []
-    skipped: list[tuple[str, str]] = []
+def iter_inputs(files: Iterable[Any] | None, max_images: int = MAX_BATCH_IMAGES
+                ) -> Iterator[tuple[str, Any, str]]:
+    """Uploaded paths (images and zips) -> (name, path or bytes or None, reason skipped).
+
+    A generator: zip members are read one at a time, so a caller that decodes each item
+    before asking for the next holds at most one member's bytes (never the whole zip).
+    """
     budget = [MAX_ZIP_TOTAL_BYTES]
+    taken = 0
     for f in files or []:
         path = Path(getattr(f, "name", f))  # gradio passes paths; tests may pass file objects
         if path.suffix.lower() == ".zip" or (path.is_file() and zipfile.is_zipfile(path)
                                                and path.suffix.lower() not in IMAGE_EXTENSIONS):
             for name, data, reason in iter_zip(path, budget, max_members=max_images):
                 if data is None:
-                    skipped.append((f"{path.name}/{name}", reason))
-                elif len(items) >= max_images:
-                    skipped.append((f"{path.name}/{name}", f"over the limit of {max_images} images"))
+                    yield f"{path.name}/{name}", None, reason
+                elif taken >= max_images:
+                    yield f"{path.name}/{name}", None, f"over the limit of {max_images} images"
                 else:
-                    items.append((f"{path.name}/{name}", data))
-        elif len(items) >= max_images:
-            skipped.append((path.name, f"over the limit of {max_images} images"))
+                    taken += 1
+                    yield f"{path.name}/{name}", data, ""
+                del data  # do not keep the member alive while the caller decodes the next
+        elif taken >= max_images:
+            yield path.name, None, f"over the limit of {max_images} images"
         else:
-            items.append((path.name, str(path)))
+            taken += 1
+            yield path.name, str(path), ""
+
+
+def collect_inputs(files: Iterable[Any] | None, max_images: int = MAX_BATCH_IMAGES
+                   ) -> tuple[list[tuple[str, Any]], list[tuple[str, str]]]:
+    """All of :func:`iter_inputs` as lists: ([(name, path or bytes)], [(name, reason skipped)]).
+
+    Holds every member's bytes at once: for inspection and tests. The handlers use
+    :func:`prepare_inputs`, which decodes while streaming.
+    """
+    items: list[tuple[str, Any]] = []
+    skipped: list[tuple[str, str]] = []
+    for name, src, reason in iter_inputs(files, max_images):
+        (items.append((name, src)) if src is not None else skipped.append((name, reason)))
     return items, skipped
+
+
+def prepare_inputs(files: Iterable[Any] | None, size: int, max_images: int = MAX_BATCH_IMAGES,
+                   progress: Callable[[float, str], None] | None = None
+                   ) -> tuple[list[PreparedImage], list[tuple[str, str]]]:
+    """Decode every upload into the model's input as it streams in -> (prepared, skipped).
+
+    Only the small [3, S, S] tensors are kept; each file's bytes are dropped as soon as it
+    is decoded, and nothing large is referenced from this frame when it returns, so an
+    error raised afterwards (and its traceback) cannot pin the uploads in memory.
+    """
+    prepared: list[PreparedImage] = []
+    skipped: list[tuple[str, str]] = []
+    for name, src, reason in iter_inputs(files, max_images):
+        if src is None:
+            skipped.append((name, reason))
+            continue
+        if progress:
+            progress(0.0, f"reading {len(prepared) + len(skipped) + 1}: {name}")
+        try:
+            prepared.append(prepare_image(src, size, name=name))
+        except InputError as err:
+            skipped.append((name, str(err)))
+        finally:
+            del src
+    return prepared, skipped
+
+
+def no_readable_image(skipped: list[tuple[str, str]], what: str = "the uploaded files") -> InputError:
+    """The error for a request where nothing decoded: says so and lists a few reasons."""
+    if not skipped:
+        return InputError("No files: upload images or a zip of images.")
+    reasons = "; ".join(f"{n}: {r}" for n, r in skipped[:5])
+    more = f"; and {len(skipped) - 5} more" if len(skipped) > 5 else ""
+    return InputError(f"None of {what} is a readable image ({len(skipped)} skipped: {reasons}{more})")
 
 
 def _thumbs(x: Tensor, size: int = THUMB_SIZE) -> Tensor:
@@ -150,20 +205,9 @@ def batch_tokenize(model, files: Iterable[Any] | None, epsilon: float = 0.05, bu
     start = time.perf_counter()
     eps, k, notices = check_request(model, epsilon, budget)
     _, bin_value = epsilon_bin(model, eps)
-    items, skipped = collect_inputs(files)
-    if not items and not skipped:
-        raise InputError("No files: upload images or a zip of images.")
-    prepared: list[PreparedImage] = []
-    for i, (name, src) in enumerate(items):
-        if progress:
-            progress(0.3 * i / max(len(items), 1), f"reading {name}")
-        try:
-            prepared.append(prepare_image(src, model.image_size, name=name))
-        except InputError as err:
-            skipped.append((name, str(err)))
+    prepared, skipped = prepare_inputs(files, model.image_size, progress=progress)
     if not prepared:
-        reasons = "; ".join(f"{n}: {r}" for n, r in skipped[:5])
-        raise InputError(f"None of the uploaded files is a readable image ({reasons})")
+        raise no_readable_image(skipped)
     rows, thumbs = [], []
     for start_i in range(0, len(prepared), batch_size):
         chunk = prepared[start_i:start_i + batch_size]
@@ -221,5 +265,25 @@ def write_csv(frame: pd.DataFrame, stem: str = "karl_batch") -> Path:
     _prune()
     fd, name = tempfile.mkstemp(prefix=f"{stem}_", suffix=".csv", dir=download_dir())
     os.close(fd)
-    frame.to_csv(name, index=False)
+    csv_safe(frame).to_csv(name, index=False)
     return Path(name)
+
+
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_safe(frame: pd.DataFrame) -> pd.DataFrame:
+    """A copy whose text cells cannot run as spreadsheet formulas.
+
+    A file named ``=1+2.png`` would otherwise be evaluated by Excel or LibreOffice when the
+    CSV is opened; such cells get a leading apostrophe (OWASP's CSV-injection advice).
+    Numeric columns are untouched, so negative numbers stay numbers.
+    """
+    def escape(v: Any) -> Any:
+        return "'" + v if isinstance(v, str) and v.startswith(_FORMULA_START) else v
+
+    out = frame.copy()
+    for col in out.columns:
+        if not (pd.api.types.is_numeric_dtype(out[col]) or pd.api.types.is_bool_dtype(out[col])):
+            out[col] = out[col].map(escape)
+    return out

@@ -223,28 +223,47 @@ def prepare_image(src: Any, size: int, max_side: int = MAX_SIDE, name: str | Non
 
 # ----------------------------------------------------------------------------- model passes
 
-def check_request(model, epsilon: Any, budget: Any) -> tuple[float, int, list[str]]:
-    """Validate epsilon and budget -> (epsilon, budget, notices); InputError if invalid."""
+def _finite_number(value: Any, what: str, expected: str) -> float:
+    """``value`` as a finite float, or an InputError naming ``what`` and the range ``expected``."""
+    if isinstance(value, bool):  # bool is an int subclass; True is not an epsilon
+        value = str(value)
     try:
-        eps = float(epsilon)
+        x = float(value.strip() if isinstance(value, str) else value)
     except (TypeError, ValueError):
-        raise InputError(f"epsilon must be a number, got {epsilon!r}") from None
-    if not math.isfinite(eps) or eps < 0:
-        raise InputError(f"epsilon must be a finite number >= 0, got {epsilon!r}")
-    notices = []
+        raise InputError(f"{what} must be a number {expected}, got {value!r}") from None
+    if not math.isfinite(x):
+        raise InputError(f"{what} must be a finite number {expected}, got {x!r}")
+    return x
+
+
+def check_request(model, epsilon: Any, budget: Any) -> tuple[float, int, list[str]]:
+    """Validate epsilon and budget -> (epsilon, budget, notices); InputError if invalid.
+
+    One rule for every entry point (UI sliders, ``/tokenize``, ``/complexity``, Batch,
+    Analysis): a value above the trained range uses the end of that range and says so in a
+    notice; a value below it, or anything that is not a finite number, is refused with a
+    one-line message. Epsilon above the last loss bin conditions on the last bin; a budget
+    above the number of tokens the model was trained to halt within uses that number (the
+    tokens beyond it were never trained to halt, so they would all be kept).
+    """
     bins = model.config.loss_bins
+    eps = _finite_number(epsilon, "epsilon", f"between 0 and {bins[-1]:g}")
+    if eps < 0:
+        raise InputError(f"epsilon must be between 0 and {bins[-1]:g}, got {eps:g}")
+    notices = []
     if eps > bins[-1]:
         notices.append(f"epsilon {eps:g} is above the largest loss bin; using {bins[-1]:g}")
-    if budget is None or budget == "":
-        k = int(model.max_tokens)
-    else:
-        try:
-            k = int(round(float(budget)))
-        except (TypeError, ValueError):
-            raise InputError(f"budget must be an integer, got {budget!r}") from None
-    k_max = int(model.config.num_latent_tokens)
-    if not 1 <= k <= k_max:
-        raise InputError(f"budget must be between 1 and {k_max} tokens, got {budget!r}")
+    k_max = int(model.max_tokens)
+    if budget is None or (isinstance(budget, str) and not budget.strip()):
+        return eps, k_max, notices
+    k = _finite_number(budget, "budget", f"of tokens between 1 and {k_max}")
+    if k < 0.5:
+        raise InputError(f"budget must be between 1 and {k_max} tokens, got {k:g}")
+    k = int(round(k))
+    if k > k_max:
+        notices.append(f"budget {k} is above the {k_max} tokens this model was trained to halt "
+                       f"within; using {k_max}")
+        k = k_max
     return eps, k, notices
 
 

@@ -21,6 +21,7 @@ import numpy as np
 
 from app import inference as inf
 from app.batch import batch_tokenize, download_dir, new_download_dir, write_csv
+from app.components import SafeImage, SafeNumber, SafeSlider
 
 log = logging.getLogger("karl.app")
 
@@ -28,40 +29,16 @@ EXAMPLES_DIR = Path(__file__).resolve().parent.parent / "assets" / "examples"
 QUEUE_MAX_SIZE = 16          # waiting requests beyond this are refused ("queue full")
 MAX_ANALYSIS_IMAGES = 48     # images per analysis run / report
 CONCURRENCY_ID = "model"     # every event that runs the model
+_NO_IMAGE = "Upload an image, paste one from the clipboard or pick an example."
 CSS = """
-#kc-hat input {font-size: 1.6em; font-weight: bold}
+#kc-hat input, #kc-hat textarea {font-size: 1.6em; font-weight: bold}
 .karl-banner {border: 2px solid #e76f51; border-radius: 8px; padding: 4px 12px; background: #fff4ef}
+#notices .karl-error {color: #b42318; font-weight: 600}
 """
 _INTRO = """# KARL studio
 Single-pass adaptive image tokenization ([arXiv 2507.07995](https://arxiv.org/abs/2507.07995)):
 KARL keeps the fewest 1D tokens it predicts are needed to reconstruct the image within the
 pixel L1 error **epsilon**. The number kept, **KC-hat**, estimates the image's complexity."""
-
-
-class SafeImage(gr.Image):
-    """``gr.Image`` whose upload errors (not an image, empty, too large) become clear messages.
-
-    Rendered by the stock Image component (``is_template``); only preprocessing differs.
-    """
-
-    is_template = True
-
-    def preprocess(self, payload):
-        try:
-            return super().preprocess(payload)
-        except gr.Error:
-            raise
-        except Exception as err:  # PIL: UnidentifiedImageError, DecompressionBombError, OSError
-            from PIL import Image
-            name = getattr(payload, "orig_name", None) or "the upload"
-            path = getattr(payload, "path", None)
-            if path and Path(path).is_file() and Path(path).stat().st_size == 0:
-                raise gr.Error(f"{name} is an empty file.", print_exception=False) from None
-            if isinstance(err, Image.DecompressionBombError):
-                raise gr.Error(f"{name} is too large to decode safely ({err})",
-                               print_exception=False) from None
-            raise gr.Error(f"Cannot read {name} as an image ({type(err).__name__}). Upload a "
-                           "PNG, JPEG, WebP, GIF, BMP or TIFF file.", print_exception=False) from None
 
 
 def _user_error(err: Exception) -> gr.Error:
@@ -78,13 +55,27 @@ def _user_error(err: Exception) -> gr.Error:
 
 # ----------------------------------------------------------------------------- handlers
 
-def _model_card(model, loaded_from: str) -> str:
+def _model_card(model, loaded_from: str, markdown: bool = True) -> str:
+    """One line describing the model: Markdown for the page, plain text for the HTML report."""
     c = model.config
     params = sum(p.numel() for p in model.parameters()) / 1e6
-    return (f"**Model**: {html.escape(loaded_from)} · {c.image_size}x{c.image_size} input · "
+    head = f"**Model**: {html.escape(loaded_from)}" if markdown else f"{loaded_from}"
+    return (f"{head} · {c.image_size}x{c.image_size} input · "
             f"{c.base.kind} base ({c.grid_size}x{c.grid_size} grid) · width {c.width}, "
-            f"{c.encoder_layers}+{c.decoder_layers} layers · {c.max_tokens} tokens by default "
-            f"(up to {c.num_latent_tokens}) · {params:.1f} M parameters · device {model.device}")
+            f"{c.encoder_layers}+{c.decoder_layers} layers · up to {c.max_tokens} tokens "
+            f"· {params:.1f} M parameters · device {model.device}")
+
+
+def _verdict(r: inf.TokenizeResult) -> str:
+    """One sentence: met, out of reach (every token kept and still above epsilon), or missed."""
+    if r.met_epsilon:
+        return (f"**{r.kc_hat} of {r.budget} tokens** reconstruct this image within epsilon "
+                f"{r.epsilon:g} (L1 {r.l1:.3f}).")
+    if r.kc_hat >= r.budget:
+        return (f"**Out of reach:** L1 with all {r.budget} tokens is {r.l1:.3f} > {r.epsilon:g}, so "
+                "every token is kept; only a looser epsilon or a stronger model can meet it.")
+    return (f"**Not met:** KARL kept {r.kc_hat} of {r.budget} tokens, but their L1 is {r.l1:.3f} > "
+            f"{r.epsilon:g}: its halting head judged this image simpler than it is.")
 
 
 def _metrics_markdown(r: inf.TokenizeResult) -> str:
@@ -94,7 +85,8 @@ def _metrics_markdown(r: inf.TokenizeResult) -> str:
     rows = [("L1 achieved vs epsilon asked", f"{r.l1:.4f} vs {asked}: {met}"),
             ("PSNR", f"{r.psnr:.2f} dB"), ("SSIM", f"{r.ssim:.4f}"),
             ("LPIPS (AlexNet)", "n/a" if lp is None else f"{lp:.4f}")]
-    return "| metric | value |\n|---|---|\n" + "\n".join(f"| {a} | {b} |" for a, b in rows)
+    return (_verdict(r) + "\n\n| metric | value |\n|---|---|\n"
+            + "\n".join(f"| {a} | {b} |" for a, b in rows))
 
 
 def _notices_markdown(notices: list[str]) -> str:
@@ -105,8 +97,7 @@ def tokenize_view(model, image: Any, epsilon: float, budget: float):
     """The Tokenize tab's 9 outputs: (original, reconstruction), KC-hat, continuous KC, metrics
     table, error heatmap, halting figure, KC-hat curve, kept tokens, notices."""
     if image is None:
-        return (None, None, None, "", None, None, None, None,
-                "Upload an image, paste one from the clipboard or pick an example.")
+        return _empty_outputs(_NO_IMAGE)
     from analysis.halting import plot_halting
     from analysis.kc_curve import KCCurve, plot_kc_curve
 
@@ -118,7 +109,11 @@ def tokenize_view(model, image: Any, epsilon: float, budget: float):
             data = inf.halting_sweep(model, prep, r.budget).halting_data(model)
             curve = KCCurve(epsilons=data.epsilons, kc_hat=data.kc_hat[None],
                             continuous_kc=data.continuous_kc[None], budget=r.budget, names=[r.name])
-            return plot_halting(data, r.epsilon_bin), plot_kc_curve(curve, mark_epsilon=r.epsilon_bin)
+            halting = plot_halting(data, r.epsilon_bin)
+            i = data.index_of(r.epsilon_bin)
+            halting.update_layout(title_text=f"p(halt) per token at epsilon {r.epsilon_bin:g}: "
+                                             f"KC-hat {int(data.kc_hat[i])} of {r.budget}")
+            return (_fit_figure(halting), _fit_figure(plot_kc_curve(curve, mark_epsilon=r.epsilon_bin)))
         halting_fig, curve_fig = inf.model_caches(model)["figures"].get_or_compute(
             (prep.key, r.epsilon_bin, r.budget), figures)
         metrics = _metrics_markdown(r)
@@ -130,6 +125,36 @@ def tokenize_view(model, image: Any, epsilon: float, budget: float):
     return ((inf.to_display(r.original), inf.to_display(r.reconstruction)), r.kc_hat,
             round(r.continuous_kc, 2), metrics, heat, halting_fig, curve_fig, kept,
             _notices_markdown(r.notices))
+
+
+def _empty_outputs(message: str) -> tuple:
+    """The 9 Tokenize outputs with nothing that reads as a result, and ``message`` as notice."""
+    return (None, None, None, "", None, _placeholder_figure(), _placeholder_figure(), None, message)
+
+
+def tokenize_page(model, image: Any, epsilon: Any, budget: Any) -> tuple:
+    """The page's Tokenize event: like :func:`tokenize_view`, but a bad input clears every
+    output (no stale numbers from the previous image) and is shown once, in the notices."""
+    try:
+        out = tokenize_view(model, image, epsilon, budget)
+    except gr.Error as err:
+        out = _empty_outputs(f'<span class="karl-error">{html.escape(str(err.message))}</span>')
+    as_text = ["" if v is None else str(v) for v in out[1:3]]  # the page shows them in text boxes
+    return (out[0], *as_text, *out[3:])
+
+
+def _fit_figure(fig, max_legend_rows: int = 6):
+    """Keep a plotly figure readable in a half-width column: a short title, and a legend
+    that moves to the right in small type when it would otherwise take rows of the plot."""
+    fig.update_layout(title_font_size=14, margin=dict(l=50, r=20, t=50, b=50))
+    entries = [t for t in fig.data if t.showlegend is not False and t.name]
+    if len(entries) > max_legend_rows:
+        fig.update_layout(legend=dict(orientation="v", x=1.02, y=1, xanchor="left", yanchor="top",
+                                      font_size=10), margin_r=150)
+        for t in entries:
+            if len(t.name) > 20:
+                t.update(name=t.name[:18] + "…")
+    return fig
 
 
 def complexity_view(model, image: Any, epsilon: float, budget: float) -> dict:
@@ -185,7 +210,7 @@ def load_analysis_set(model, source: str, files) -> tuple[Any, list[str], list[s
     """(images [N, 3, S, S], names, notes) for the Analysis tab."""
     import torch
 
-    from app.batch import collect_inputs
+    from app.batch import no_readable_image, prepare_inputs
     from karl.data.images import list_images
 
     size, notes = model.image_size, []
@@ -194,22 +219,15 @@ def load_analysis_set(model, source: str, files) -> tuple[Any, list[str], list[s
         images, names = standard_probe_images(size)
         return images, list(names), notes
     if source == "examples":
-        items = [(p.name, str(p)) for p in list_images(EXAMPLES_DIR)] if EXAMPLES_DIR.is_dir() else []
-        skipped: list = []
-    else:
-        if not files:
-            raise inf.InputError("No files: upload images or a zip first, or choose a built-in set.")
-        items, skipped = collect_inputs(files, max_images=MAX_ANALYSIS_IMAGES)
-    tensors, names = [], []
-    for name, src in items[:MAX_ANALYSIS_IMAGES]:
-        try:
-            tensors.append(inf.prepare_image(src, size, name=name).tensor)
-            names.append(name)
-        except inf.InputError as err:
-            skipped.append((name, str(err)))
+        files = list_images(EXAMPLES_DIR) if EXAMPLES_DIR.is_dir() else []
+    elif not files:
+        raise inf.InputError("No files: upload images or a zip first, or choose a built-in set.")
+    # Streams and decodes: only the small model inputs stay in memory (see prepare_inputs).
+    prepared, skipped = prepare_inputs(files, size, max_images=MAX_ANALYSIS_IMAGES)
     notes += [f"skipped {n}: {r}" for n, r in skipped[:10]]
-    if not tensors:
-        raise inf.InputError("No readable images in this set.")
+    if not prepared:
+        raise no_readable_image(skipped, "the images of this set")
+    tensors, names = [p.tensor for p in prepared], [p.name for p in prepared]
     return torch.stack(tensors), names, notes
 
 
@@ -225,12 +243,12 @@ def analysis_view(model, source: str, files, epsilon: float, progress=gr.Progres
         progress(0.05, desc="loading images")
         images, names, notes = load_analysis_set(model, source, files)
         progress(0.15, desc="token sweep")
-        sweep = plot_token_sweep(compute_token_sweep(model, images, names))
+        sweep = _fit_figure(plot_token_sweep(compute_token_sweep(model, images, names)))
         progress(0.45, desc="delta")
-        delta = plot_kc_vs_delta(compute_delta(model, images, epsilon=eps, names=names))
+        delta = _fit_figure(plot_kc_vs_delta(compute_delta(model, images, epsilon=eps, names=names)))
         progress(0.7, desc="KC-hat curve")
-        curve = plot_kc_curve(compute_kc_curve(model, images, names=names), mark_epsilon=eps,
-                              names=names if len(names) <= 8 else None)
+        curve = _fit_figure(plot_kc_curve(compute_kc_curve(model, images, names=names), mark_epsilon=eps,
+                                          names=names if len(names) <= 8 else None))
         progress(0.9, desc="halting heatmap")
         heat = plot_halting_heatmap(compute_halting(model, images[0]))
     except Exception as err:
@@ -269,6 +287,20 @@ def report_view(model, source: str, files, epsilon: float, model_desc: str, prog
 
 # ----------------------------------------------------------------------------- layout
 
+def _placeholder_figure():
+    """An empty plot shown before the first result. Rendering one at page load also loads
+    the plotting library then, so later the plots arrive together with the numbers."""
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    fig.update_layout(template="plotly_white", height=320, xaxis_visible=False, yaxis_visible=False,
+                      margin=dict(l=20, r=20, t=20, b=20),
+                      annotations=[dict(text="appears once an image is tokenized", showarrow=False,
+                                        x=0.5, y=0.5, xref="paper", yref="paper",
+                                        font=dict(color="#888", size=14))])
+    return fig
+
+
 def build_demo(model, examples_dir: str | Path | None = EXAMPLES_DIR, banner: str | None = None,
                loaded_from: str = "model") -> gr.Blocks:
     """The app around ``model`` (a KARL in eval mode). Launch with :func:`launch_demo`."""
@@ -278,6 +310,7 @@ def build_demo(model, examples_dir: str | Path | None = EXAMPLES_DIR, banner: st
     examples = sorted(str(p) for p in Path(examples_dir).glob("*.png")) if examples_dir else []
     run_model = dict(concurrency_id=CONCURRENCY_ID, concurrency_limit=1)
     card = _model_card(model, loaded_from)
+    card_text = _model_card(model, loaded_from, markdown=False)
 
     with gr.Blocks(title="KARL studio", delete_cache=(1800, 3600)) as demo:
         gr.Markdown(_INTRO)
@@ -290,14 +323,16 @@ def build_demo(model, examples_dir: str | Path | None = EXAMPLES_DIR, banner: st
                 with gr.Column(scale=2, min_width=300):
                     image = SafeImage(type="filepath", image_mode=None, sources=["upload", "clipboard"],
                                       label="Image", height=300, elem_id="input-image")
-                    epsilon = gr.Slider(bins[0], bins[-1], value=0.05, step=0.005, label="epsilon",
+                    epsilon = SafeSlider(bins[0], bins[-1], value=0.05, step=0.005, label="epsilon",
                                         info="target pixel L1; rounded up to the next loss bin "
                                              f"({', '.join(f'{b:g}' for b in bins)})",
                                         elem_id="epsilon-slider")
-                    budget = gr.Slider(1, c.num_latent_tokens, value=c.max_tokens, step=1,
-                                       label="token budget", info=f"trained at {c.max_tokens}",
-                                       elem_id="budget-slider")
-                    notices = gr.Markdown(elem_id="notices")
+                    # Above the trained budget tokens never halt (check_request clamps it).
+                    budget = SafeSlider(1, c.max_tokens, value=c.max_tokens, step=1,
+                                        label="token budget", info=f"the model was trained with up to "
+                                                                  f"{c.max_tokens} tokens",
+                                        elem_id="budget-slider")
+                    notices = gr.Markdown(_NO_IMAGE, elem_id="notices")
                     if examples:
                         gr.Examples(examples=[[p] for p in examples], inputs=[image], examples_per_page=16,
                                     label="Examples: photos, then procedural images of rising complexity")
@@ -305,34 +340,48 @@ def build_demo(model, examples_dir: str | Path | None = EXAMPLES_DIR, banner: st
                     slider = gr.ImageSlider(label="original | reconstruction", type="numpy", height=360, format="png",
                                             buttons=["download", "fullscreen"], interactive=False)
                     with gr.Row():
-                        kc = gr.Number(label="Tokens used (KC-hat)", precision=0, interactive=False,
-                                       elem_id="kc-hat")
-                        ckc = gr.Number(label="Continuous complexity sum(1 - p)", interactive=False,
-                                        elem_id="continuous-kc")
+                        # Text boxes, empty with a hint until there is a result: gr.Number's
+                        # frontend shows "0" for no value, which reads as a result.
+                        kc = gr.Textbox("", label="Tokens used (KC-hat)", interactive=False, max_lines=1,
+                                        placeholder="no image yet", elem_id="kc-hat")
+                        ckc = gr.Textbox("", label="Continuous complexity sum(1 - p)", interactive=False,
+                                         max_lines=1, placeholder="no image yet", elem_id="continuous-kc")
                     metrics = gr.Markdown(elem_id="metrics")
             with gr.Row():
                 heat = gr.Image(label=f"|error| per pixel (black 0, yellow >= {inf.ERROR_VMAX:g})",
                                 type="numpy", format="png", interactive=False, height=300,
                                 buttons=["download", "fullscreen"])
-                halting = gr.Plot(label="halting probability per token")
+                halting = gr.Plot(_placeholder_figure(), label="halting probability per token",
+                                  elem_id="halting-plot")
             with gr.Row():
-                curve = gr.Plot(label="KC-hat vs epsilon for this image")
+                curve = gr.Plot(_placeholder_figure(), label="KC-hat vs epsilon for this image",
+                                elem_id="curve-plot")
                 kept = gr.JSON(label="kept tokens (positions; codebook ids for quantised models)", open=True)
             outputs = [slider, kc, ckc, metrics, heat, halting, curve, kept, notices]
+            # The page: a bad input clears the outputs and is shown once, in the notices.
+            # /tokenize (below) fills the same components but returns the two numbers as
+            # numbers (hidden gr.Number outputs) for API clients.
             gr.on([image.change, epsilon.change, budget.change],
-                  lambda i, e, b: tokenize_view(model, i, e, b), inputs=[image, epsilon, budget],
-                  outputs=outputs, api_name="tokenize", trigger_mode="always_last",
-                  api_description="Tokenize one image: (original, reconstruction), KC-hat, continuous "
-                                  "KC, metrics table, error heatmap, halting plot, KC-hat curve, kept "
-                                  "tokens, notices.", **run_model)
+                  lambda i, e, b: tokenize_page(model, i, e, b), inputs=[image, epsilon, budget],
+                  outputs=outputs, trigger_mode="always_last", show_progress="full",
+                  api_visibility="private", **run_model)
 
-            # /complexity: API only (hidden components), JSON for scripts.
+            # API only (hidden components). /tokenize: the page's outputs; a bad input raises
+            # (gradio_client's AppError). /complexity: JSON for scripts.
             with gr.Row(visible=False):
+                t_btn = gr.Button("tokenize")
+                t_kc = gr.Number(label="KC-hat", precision=0)
+                t_ckc = gr.Number(label="continuous KC")
                 c_file = gr.File(type="filepath", label="image")
-                c_eps = gr.Number(value=0.05, label="epsilon")
-                c_budget = gr.Number(value=c.max_tokens, label="budget", precision=0)
+                c_eps = SafeNumber(value=0.05, label="epsilon")
+                c_budget = SafeNumber(value=c.max_tokens, label="budget", precision=0)
                 c_out = gr.JSON()
                 c_btn = gr.Button("complexity")
+            t_btn.click(lambda i, e, b: tokenize_view(model, i, e, b), inputs=[image, epsilon, budget],
+                        outputs=[slider, t_kc, t_ckc, *outputs[3:]], api_name="tokenize",
+                        api_description="Tokenize one image: (original, reconstruction), KC-hat, continuous "
+                                        "KC, metrics table, error heatmap, halting plot, KC-hat curve, kept "
+                                        "tokens, notices.", **run_model)
             c_btn.click(lambda f, e, b: complexity_view(model, f, e, b), inputs=[c_file, c_eps, c_budget],
                         outputs=c_out, api_name="complexity",
                         api_description="JSON {kc_hat, continuous_kc, l1, psnr, ssim, lpips, epsilon, "
@@ -343,8 +392,8 @@ def build_demo(model, examples_dir: str | Path | None = EXAMPLES_DIR, banner: st
                 with gr.Column(scale=2):
                     b_files = gr.File(file_count="multiple", file_types=["image", ".zip"],
                                       label="Images or zips", type="filepath", elem_id="batch-files")
-                    b_eps = gr.Slider(bins[0], bins[-1], value=0.05, step=0.005, label="epsilon")
-                    b_budget = gr.Slider(1, c.num_latent_tokens, value=c.max_tokens, step=1, label="token budget")
+                    b_eps = SafeSlider(bins[0], bins[-1], value=0.05, step=0.005, label="epsilon")
+                    b_budget = SafeSlider(1, c.max_tokens, value=c.max_tokens, step=1, label="token budget")
                     b_lpips = gr.Checkbox(False, label="LPIPS too (slower)")
                     b_run = gr.Button("Tokenize all", variant="primary")
                 with gr.Column(scale=3):
@@ -367,7 +416,7 @@ def build_demo(model, examples_dir: str | Path | None = EXAMPLES_DIR, banner: st
                     a_files = gr.File(file_count="multiple", file_types=["image", ".zip"],
                                       label=f"uploads (up to {MAX_ANALYSIS_IMAGES} images)", type="filepath",
                                       elem_id="analysis-files")
-                    a_eps = gr.Slider(bins[0], bins[-1], value=0.05, step=0.005, label="epsilon (KC-hat, Delta)")
+                    a_eps = SafeSlider(bins[0], bins[-1], value=0.05, step=0.005, label="epsilon (KC-hat, Delta)")
                     a_run = gr.Button("Run analyses", variant="primary")
                     a_report = gr.Button("Build HTML report")
                     a_status = gr.Markdown()
@@ -386,7 +435,7 @@ def build_demo(model, examples_dir: str | Path | None = EXAMPLES_DIR, banner: st
                         api_visibility="private", **run_model)
             a_pick.input(lambda s, f, n: heatmap_view(model, s, f, n), inputs=[a_source, a_files, a_pick],
                          outputs=a_heat, api_visibility="private", **run_model)
-            a_report.click(lambda s, f, e, progress=gr.Progress(): report_view(model, s, f, e, card, progress),
+            a_report.click(lambda s, f, e, progress=gr.Progress(): report_view(model, s, f, e, card_text, progress),
                            inputs=[a_source, a_files, a_eps], outputs=[a_file, a_status],
                            api_visibility="private", **run_model)
 

@@ -150,18 +150,48 @@ def test_epsilon_change_reuses_the_encoding(model, monkeypatch):
     assert inf.tokenize(model, img, 0.05, 16)._lpips == [first]  # LPIPS once per reconstruction
 
 
-@pytest.mark.parametrize("eps,budget,match", [(-0.1, 16, "epsilon"), (float("nan"), 16, "epsilon"),
-                                              ("abc", 16, "epsilon"), (0.05, 0, "budget"),
-                                              (0.05, 1000, "budget"), (0.05, "x", "budget")])
+@pytest.mark.parametrize("eps,budget,match", [
+    (-0.1, 16, "epsilon must be between 0 and 0.38, got -0.1"), (float("nan"), 16, "finite number"),
+    (float("inf"), 16, "finite number"), ("-inf", 16, "finite"), ("abc", 16, "epsilon must be a number"),
+    (None, 16, "epsilon must be a number"), (True, 16, "epsilon must be a number"), ([0.1], 16, "epsilon"),
+    (0.05, 0, "budget must be between 1 and 16"), (0.05, -3, "budget"), (0.05, "x", "budget must be a number"),
+    (0.05, float("nan"), "budget must be a finite"), (0.05, float("inf"), "budget must be a finite")])
 def test_check_request_rejects(model, eps, budget, match):
-    with pytest.raises(inf.InputError, match=match):
+    with pytest.raises(inf.InputError, match=match) as err:
         inf.check_request(model, eps, budget)
+    assert "\n" not in str(err.value) and len(str(err.value)) < 120
+
+
+def test_one_out_of_range_rule(model):
+    """Above the trained range: the end of the range and a notice; numeric strings are numbers."""
+    eps, k, notices = inf.check_request(model, 0.5, 1000)
+    assert eps == 0.5 and k == model.max_tokens == 16
+    assert any("above the largest loss bin; using 0.38" in n for n in notices)
+    assert any("budget 1000 is above the 16 tokens" in n for n in notices)
+    assert inf.check_request(model, " 0.05 ", "12") == (0.05, 12, [])
+    assert inf.check_request(model, 0.05, None)[1] == inf.check_request(model, 0.05, "")[1] == 16
+    r = inf.tokenize(model, _rgb(7), 0.05, 32)   # table holds 32 tokens, trained within 16
+    assert r.budget == 16 and r.keep.shape == (16,) and any("budget 32" in n for n in r.notices)
 
 
 def test_epsilon_above_last_bin_is_clamped_with_notice(model):
     r = inf.tokenize(model, _rgb(6), 0.9, None)
     assert r.epsilon_bin == pytest.approx(LOSS_BINS[-1]) and r.budget == model.max_tokens
     assert any("above the largest loss bin" in n for n in r.notices)
+
+
+def test_csv_cells_cannot_become_formulas(tmp_path):
+    import pandas as pd
+
+    frame = pd.DataFrame({"image": ["=1+2.png", "+x.png", "-y.png", "@z.png", "\tt.png", "ok=.png"],
+                          "kc_hat": [1, 2, 3, 4, 5, 6], "l1": [-0.5, 0.1, 0.2, 0.3, 0.4, 0.5],
+                          "notes": ["=HYPERLINK(\"http://x\")", "", "", "", "", "a-b"]})
+    text = B.write_csv(frame).read_text()
+    back = pd.read_csv(io.StringIO(text), keep_default_na=False)
+    assert list(back["image"]) == ["'=1+2.png", "'+x.png", "'-y.png", "'@z.png", "'\tt.png", "ok=.png"]
+    assert back["notes"][0].startswith("'=") and back["notes"][5] == "a-b"
+    assert list(back["l1"]) == [-0.5, 0.1, 0.2, 0.3, 0.4, 0.5]   # numbers stay numbers
+    assert list(frame["image"])[0] == "=1+2.png"                  # the table shown is not altered
 
 
 def test_rendering():
@@ -256,6 +286,57 @@ def test_batch_tokenize_and_views(model, tmp_path):
         ui.batch_view(model, [str(txt)], 0.05, 16, False, progress=lambda *a, **k: None)
 
 
+def _zeros_zip(tmp_path: Path, members: int = 12, member_mb: int = 4) -> Path:
+    """A small zip whose members are megabytes of zeros named .png: none of them decodes."""
+    path = tmp_path / "zeros.zip"
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        for i in range(members):
+            zf.writestr(f"z{i}.png", bytes(member_mb * 2 ** 20))
+    return path
+
+
+def test_failing_batches_do_not_hold_memory(model, tmp_path):
+    """Failed requests must free the uploads at once, not when a garbage collection runs.
+
+    The cycle (error -> traceback -> handler frame -> list of member bytes) is only freed by
+    the cycle collector, so it is switched off here: whatever a failed request keeps stays.
+    """
+    import gc
+    import tracemalloc
+
+    import gradio as gr
+
+    from app import ui
+
+    zpath = _zeros_zip(tmp_path)
+    assert zpath.stat().st_size < 2 ** 20  # 48 MB of zeros in a small file
+    quiet = lambda *a, **k: None  # noqa: E731
+    errors = []
+    gc.collect()
+    gc.disable()
+    tracemalloc.start()
+    try:
+        for i in range(6):
+            for call in (lambda: ui.batch_view(model, [str(zpath)], 0.05, 16, False, progress=quiet),
+                         lambda: ui.load_analysis_set(model, "uploads", [str(zpath)])):
+                try:
+                    call()
+                except Exception as err:  # keep them, as a server's error log might
+                    errors.append(err)
+            if i == 0:
+                base, _ = tracemalloc.get_traced_memory()
+        now, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+        gc.enable()
+    assert len(errors) == 12 and all("None of" in str(e) and "readable" in str(e) for e in errors)
+    assert isinstance(errors[0], gr.Error)
+    grown_mb = (now - base) / 2 ** 20
+    assert grown_mb < 8, f"5 more failing requests kept {grown_mb:.0f} MB"
+    # Members are streamed: never the whole zip at once.
+    assert peak / 2 ** 20 < 24, f"peak {peak / 2 ** 20:.0f} MB while reading 48 MB of members"
+
+
 # ----------------------------------------------------------------------------- UI handlers
 
 def test_tokenize_view(model, tmp_path):
@@ -280,6 +361,71 @@ def test_tokenize_view(model, tmp_path):
         ui.tokenize_view(model, str(bad), 0.05, 16)
     with pytest.raises(gr.Error, match="budget"):
         ui.complexity_view(model, path, 0.05, 0)
+
+
+def test_tokenize_page_first_view_and_errors(model, tmp_path):
+    """Before an image: no number that reads as a result. A bad file after a good one: every
+    output cleared, the error once (in the notices, not a toast), nothing raised."""
+    from app import ui
+
+    blank = ui.tokenize_page(model, None, 0.05, 16)
+    assert blank[1] == blank[2] == "" and blank[3] == "" and "Upload an image" in blank[8]
+    good = ui.tokenize_page(model, str(EXAMPLES / "04_procedural_flat_15bits.png"), 0.05, 16)
+    assert good[1].isdigit() and good[7]["kc_hat"] == int(good[1]) and "L1 achieved" in good[3]
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    out = ui.tokenize_page(model, str(bad), 0.05, 16)
+    assert out[0] is None and out[1] == out[2] == "" and out[3] == "" and out[7] is None
+    assert out[8].count("Cannot read bad.png") == 1 and "karl-error" in out[8]
+    assert str(tmp_path) not in out[8], "server paths must not leak"
+    out = ui.tokenize_page(model, str(EXAMPLES / "04_procedural_flat_15bits.png"), "abc", 16)
+    assert out[1] == "" and "epsilon must be a number" in out[8]
+    # Above the slider's range (the API can send it): the last bin, with a notice.
+    out = ui.tokenize_page(model, str(EXAMPLES / "04_procedural_flat_15bits.png"), 0.5, 64)
+    assert out[1].isdigit() and "using 0.38" in out[8] and "budget 64" in out[8]
+
+
+def test_verdict_sentence(model):
+    """One sentence says what the numbers mean; the out-of-reach case names L1 with every token."""
+    from dataclasses import replace
+
+    from app import ui
+
+    r = inf.tokenize(model, _rgb(8), 0.05, 16)
+    reach = ui._verdict(replace(r, keep=np.ones(16, bool), kc_hat=16, l1=0.079, epsilon=0.05))
+    assert reach.startswith("**Out of reach:** L1 with all 16 tokens is 0.079 > 0.05") and reach.count(".") <= 4
+    assert "every token is kept" in reach
+    assert ui._verdict(replace(r, kc_hat=5, l1=0.04, epsilon=0.05)).startswith("**5 of 16 tokens**")
+    assert "Not met" in ui._verdict(replace(r, kc_hat=5, l1=0.2, epsilon=0.05))
+    assert ui._metrics_markdown(r).startswith(ui._verdict(r))
+
+
+def test_figures_fit_and_model_line_is_plain_for_reports(model):
+    import plotly.graph_objects as go
+
+    from app import ui
+
+    fig = go.Figure([go.Scatter(x=[0, 1], y=[i, i], name=f"image number {i} with a long name") for i in range(13)])
+    ui._fit_figure(fig)
+    assert fig.layout.legend.orientation == "v" and fig.layout.legend.x > 1
+    assert all(len(t.name) <= 19 for t in fig.data)
+    few = ui._fit_figure(go.Figure([go.Scatter(x=[0], y=[0], name="a")]))
+    assert few.layout.legend.orientation != "v"
+    assert ui._model_card(model, "x").startswith("**Model**")
+    plain = ui._model_card(model, "x", markdown=False)
+    assert "*" not in plain and plain.startswith("x · 32x32 input")
+
+
+def test_app_writes_nothing_into_the_source_tree(model):
+    """Gradio writes a .pyi stub next to any module defining a component subclass."""
+    from app import ui
+
+    for stub in (ROOT / "app").glob("*.pyi"):
+        stub.unlink()
+    demo = ui.build_demo(model, loaded_from="tiny-monotone")
+    assert not list((ROOT / "app").glob("*.pyi"))
+    sliders = {b.elem_id: b for b in demo.blocks.values() if getattr(b, "elem_id", None)}
+    assert sliders["budget-slider"].maximum == model.max_tokens   # above it tokens never halt
 
 
 def test_analysis_views(model, tmp_path):
@@ -387,6 +533,31 @@ def test_client_complexity_monotone_and_errors(client, tmp_path):
     # ... and the app still answers.
     again = c.predict(img, 0.02, 16, api_name="/complexity")
     assert again["kc_hat"] == strict["kc_hat"]
-    out = c.predict(handle_file(str(EXAMPLES / "04_procedural_flat_15bits.png")), 0.05, 16, api_name="/tokenize")
+    flat = handle_file(str(EXAMPLES / "04_procedural_flat_15bits.png"))
+    out = c.predict(flat, 0.05, 16, api_name="/tokenize")
     assert len(out) == 9 and isinstance(out[1], (int, float)) and out[7]["kc_hat"] == out[1]
     assert demo._queue.max_size == 16
+
+
+def test_client_one_rule_for_out_of_range(client):
+    """Above the range: the end of it and a notice, on both endpoints; strings, NaN and
+    infinity: the app's own one-line message (not Gradio's generic one)."""
+    from gradio_client import handle_file
+    from gradio_client.exceptions import AppError
+
+    c, _ = client
+    flat = handle_file(str(EXAMPLES / "04_procedural_flat_15bits.png"))
+    out = c.predict(flat, 0.5, 64, api_name="/tokenize")
+    assert out[7]["budget"] == 16 and "using 0.38" in out[8] and "budget 64 is above the 16 tokens" in out[8]
+    top = c.predict(flat, 0.38, 16, api_name="/complexity")
+    above = c.predict(flat, 0.5, 64, api_name="/complexity")
+    assert above["epsilon_bin"] == 0.38 and above["budget"] == 16 and above["kc_hat"] == top["kc_hat"]
+    for endpoint in ("/tokenize", "/complexity"):
+        for eps, budget, match in (("abc", 16, "epsilon must be a number"),
+                                   ("NaN", 16, "epsilon must be a finite number"),   # JSON has no
+                                   ("-Infinity", 16, "epsilon must be a finite number"),  # NaN literal
+                                   (-1, 16, "epsilon must be between 0 and 0.38"),
+                                   (0.05, "many", "budget must be a number"),
+                                   (0.05, 0, "budget must be between 1 and 16")):
+            with pytest.raises(AppError, match=match):
+                c.predict(flat, eps, budget, api_name=endpoint)

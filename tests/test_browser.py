@@ -1,9 +1,12 @@
 """Real-browser end-to-end test of the app (Debian Chromium driven by playwright-core).
 
-Starts ``python app.py --demo-model tiny-monotone`` on a free port, runs
-``tests/browser/e2e.mjs``: upload an example, read KC-hat, move the epsilon slider to its
-maximum, check that KC-hat on the page changes, save screenshots. The demo model's token
-count falls with epsilon by construction (app/demo_model.py), so the change is guaranteed.
+Starts ``python app.py --demo-model tiny-monotone`` on a free port and runs
+``tests/browser/e2e.mjs``, which walks through what a first-time user meets: the first view
+(no "0" in the token-count boxes), an example clicked in the gallery (numbers and plots),
+the epsilon slider moved to its maximum (the token count changes), a file that is not an
+image (outputs cleared, the error shown once, no toast), and a good upload again. The demo
+model's token count falls with epsilon by construction (app/demo_model.py), so the change is
+guaranteed. Starting the app must not write into the source tree (Gradio's ``.pyi`` stubs).
 
 Needs ``/usr/bin/chromium`` (apt-get install chromium), ``node`` and
 ``npm ci --prefix tests/browser``; skips with the reason otherwise. Screenshots go to
@@ -74,12 +77,15 @@ def test_browser_upload_and_slider(tmp_path):
     env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "OMP_NUM_THREADS": "1",
            "GRADIO_TEMP_DIR": str(tmp_path / "gradio")}
     log = open(tmp_path / "app.log", "w")
+    stubs_before = sorted((ROOT / "app").glob("*.pyi"))
     proc = subprocess.Popen([sys.executable, str(ROOT / "app.py"), "--demo-model", "tiny-monotone",
                              "--port", str(port), "--no-warmup"], cwd=ROOT, env=env,
                             stdout=log, stderr=subprocess.STDOUT)
     try:
         _wait_up(url, proc)
-        run = subprocess.run(["node", "e2e.mjs", url, str(EXAMPLE), str(out_dir)], cwd=BROWSER_DIR,
+        bad = tmp_path / "holiday.png"
+        bad.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(64))  # a PNG signature, then nothing decodable
+        run = subprocess.run(["node", "e2e.mjs", url, str(EXAMPLE), str(bad), str(out_dir)], cwd=BROWSER_DIR,
                              capture_output=True, text=True, timeout=240,
                              env={**os.environ, "CHROMIUM_PATH": CHROMIUM})
     finally:
@@ -93,8 +99,12 @@ def test_browser_upload_and_slider(tmp_path):
     assert lines, f"no result from e2e.mjs (rc {run.returncode}):\n{run.stdout}\n{run.stderr}\n" \
                   f"app log:\n{(tmp_path / 'app.log').read_text()[-3000:]}"
     result = json.loads(lines[-1])
-    assert result["ok"], f"browser test failed: {result}\n{run.stderr[-2000:]}"
+    assert result["ok"], f"browser test failed: {json.dumps(result, indent=1)}\n{run.stderr[-2000:]}"
+    assert result["kc_initial"] == "", "a number before any input reads as a result"
     assert result["kc_before"] != result["kc_after"], result
     assert int(result["kc_after"]) <= int(result["kc_before"]), "a looser epsilon kept more tokens"
-    assert (out_dir / "02_epsilon_moved.png").stat().st_size > 10_000
+    assert result["after_bad"]["error_mentions"] == 1 and result["after_bad"]["toasts"] == 0, result["after_bad"]
+    for shot in ("00_first_view", "01_example_loaded", "02_epsilon_moved", "03_bad_file", "04_reuploaded"):
+        assert (out_dir / f"{shot}.png").stat().st_size > 10_000, shot
     assert not result["page_errors"], result["page_errors"]
+    assert sorted((ROOT / "app").glob("*.pyi")) == stubs_before, "starting the app wrote into app/"
