@@ -194,6 +194,8 @@ def test_app_handler_returns_strip_and_maps(model):
     assert len(maps) == min(5, k) and maps[0][0].ndim == 3 and seg.shape == (256, 256, 3)
     assert len(pick["choices"]) == len(maps) and pick["value"] == 0
     assert len(curve.data) == 2 and picked is not None and agree is not None and f"KC-hat **{k}**" in status
+    assert len(gr.Gallery().postprocess(strip).root) == len(strip)  # valid for the tab's components
+    assert len(gr.Gallery().postprocess(maps).root) == len(maps)
     # Picking another token reuses the cached maps.
     cache = tt._cache(model)
     hits = cache.hits
