@@ -49,6 +49,23 @@ class BaseTokenizerConfig:
     codebook_size: int = 1024     # vqgan only
     latent_scale: float = 1.0     # multiplies latents before KARL sees them (VAE: 0.2325)
     checkpoint: str | None = None  # optional user checkpoint of the base tokenizer
+    # Arithmetic conventions around the KL-VAE (kl_vae only; the VQGAN and conv AE have fixed
+    # ones). Defaults are LDM/MAR's; the authors' KARL release uses input_range (0, 1),
+    # decode_scale 1.0, output_range (0, 1), and samples the posterior (docs/OFFICIAL.md).
+    input_range: tuple[float, ...] = (-1.0, 1.0)   # [0, 1] images are mapped here for the encoder
+    output_range: tuple[float, ...] = (-1.0, 1.0)  # the decoder's output range, mapped to [0, 1]
+    decode_scale: float | None = None  # latents are divided by this before decoding; None: latent_scale
+    posterior: str = "mean"       # eval-mode grid: posterior "mean" or a "sample" (training samples)
+
+    def __post_init__(self) -> None:
+        for name in ("input_range", "output_range"):
+            r = getattr(self, name)
+            if len(r) != 2 or not r[0] < r[1]:
+                raise ConfigError(f"base.{name}: expected (low, high) with low < high, got {r}")
+        if self.posterior not in ("mean", "sample"):
+            raise ConfigError(f"base.posterior: {self.posterior!r} is not one of 'mean', 'sample'")
+        if self.latent_scale <= 0 or (self.decode_scale is not None and self.decode_scale <= 0):
+            raise ConfigError("base.latent_scale and base.decode_scale must be positive")
 
 
 @dataclass(frozen=True)

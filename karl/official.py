@@ -29,6 +29,7 @@ import hashlib
 import pickle
 import re
 import sys
+import zipfile
 from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
@@ -45,6 +46,13 @@ __all__ = ["UntrustedCheckpointError", "convert_official", "infer_config", "load
            "load_official", "main", "map_official_keys", "read_official", "select_weights"]
 
 _WRAPPERS = ("module.", "_orig_mod.")
+# The release's arithmetic around its KL-VAE (KARL_FACTS section 4, checked on identical
+# weights): the [0, 1] image goes in as it is, KARL sees latent x 0.2325, the decoder head's
+# prediction is decoded without dividing by 0.2325, and the raw output is the [0, 1] image.
+# The release samples the posterior; we default to its mean (``posterior=``, docs/OFFICIAL.md).
+RELEASE_VAE_CONVENTIONS: dict[str, Any] = dict(
+    input_range=(0.0, 1.0), latent_scale=0.2325, decode_scale=1.0, output_range=(0.0, 1.0))
+Posterior = Literal["mean", "sample"]
 _BASE_PREFIXES = {"base_tokenizer.vqgan.": "vqgan", "base_tokenizer.vae.": "kl_vae"}
 _DROPPED = ("gan_losses.",)
 # Top-level names of the release's KARL (= ours, with base_tokenizer.* -> base.*).
@@ -60,14 +68,17 @@ _HEADS_ARGS = ("num_heads", "heads", "n_heads", "enc_num_heads", "encoder_heads"
 _IMAGE_SIZE_ARGS = ("image_size", "img_size", "input_size", "resolution")
 
 _WHY = (
-    "{path} is a pickled training checkpoint: besides tensors it holds an argparse.Namespace "
-    "('args'), so torch.load(weights_only=True) refuses it, and loading it with "
-    "weights_only=False unpickles it, which can execute arbitrary code. Only do that for a "
-    "file you trust (e.g. downloaded from the authors' release): pass trust=True to "
-    "karl.load_official / convert_official, or --trust to karl-convert-official "
-    "(--trust-official in the app). Converting once to a release directory "
-    "(config.json + model.safetensors) means you never need to unpickle it again."
+    "{path} cannot be loaded safely: {what}, so torch.load(weights_only=True) refuses it, "
+    "and loading it with weights_only=False unpickles it, which can execute arbitrary code. "
+    "Only do that for a file you trust (e.g. downloaded from the authors' release, whose "
+    "'args' entry is an argparse.Namespace): pass trust=True to karl.load_official / "
+    "convert_official, or --trust to karl-convert-official (--trust-official in karl-eval, "
+    "the report and the app). Converting once to a release directory (config.json + "
+    "model.safetensors) means you never need to unpickle it again."
 )
+# torch names the first global its safe unpickler refused: "Unsupported global: GLOBAL a.b".
+_REFUSED_GLOBAL = re.compile(r"Unsupported global: GLOBAL ([\w.]+)")
+_ZIP_MAGIC, _PICKLE_MAGIC = b"PK", b"\x80"   # torch.save's zip format; the legacy raw pickle
 
 
 class UntrustedCheckpointError(CheckpointError):
@@ -76,32 +87,69 @@ class UntrustedCheckpointError(CheckpointError):
 
 # --------------------------------------------------------------------------- reading
 
+def _container(path: Path) -> str:
+    """``"zip"`` or ``"legacy"``: the file looks like a ``torch.save`` output. Otherwise raise
+    :class:`CheckpointError` in one line naming the file and what is wrong with it."""
+    size = path.stat().st_size
+    if size == 0:
+        raise CheckpointError(f"{path}: the file is empty (0 bytes)")
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if head.startswith(_ZIP_MAGIC):
+        try:
+            with zipfile.ZipFile(path) as z:
+                names = z.namelist()
+        except (zipfile.BadZipFile, OSError) as err:
+            raise CheckpointError(
+                f"{path}: truncated or corrupt ({size:,} bytes): its zip directory cannot be "
+                f"read ({err}); download it again") from None
+        if not any(n.endswith("data.pkl") for n in names):
+            raise CheckpointError(f"{path}: a zip archive without data.pkl, not a torch.save file")
+        return "zip"
+    if head.startswith(_PICKLE_MAGIC):
+        return "legacy"
+    raise CheckpointError(f"{path}: not a PyTorch checkpoint (it starts with {head!r}, not a "
+                          f"zip archive or a pickle)")
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return f"{type(err).__name__}: {text.splitlines()[0][:200]}" if text else type(err).__name__
+
+
+def _refusal(path: Path, err: BaseException) -> UntrustedCheckpointError:
+    hit = _REFUSED_GLOBAL.search(str(err))
+    what = (f"its pickle references {hit.group(1)}, which is not a tensor or a plain container"
+            if hit else f"its pickle holds something the safe loader rejects ({_first_line(err)})")
+    return UntrustedCheckpointError(_WHY.format(path=path, what=what))
+
+
 def read_official(path: str | Path, trust: bool = False) -> dict[str, Any]:
     """Unpickle a release ``.pth`` on the CPU (memory-mapped when possible).
 
     Without ``trust`` only ``torch.load(weights_only=True)`` is tried, which is safe but
     refuses the authors' files (their ``args`` Namespace): then
-    :class:`UntrustedCheckpointError` says why and how to opt in.
+    :class:`UntrustedCheckpointError` says why and how to opt in. A file that is empty,
+    truncated or not a checkpoint raises :class:`CheckpointError` in one line.
     """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"no checkpoint file at {path}")
-
-    def load(mmap: bool) -> Any:
-        return torch.load(path, map_location="cpu", weights_only=not trust, mmap=mmap)
-
+    mmap = _container(path) == "zip"          # legacy (non-zip) files cannot be memory-mapped
     try:
-        try:
-            obj = load(mmap=True)
-        except RuntimeError as err:          # legacy (non-zip) files cannot be memory-mapped
-            if "mmap" not in str(err):
-                raise
-            obj = load(mmap=False)
+        obj = torch.load(path, map_location="cpu", weights_only=not trust, mmap=mmap)
     except pickle.UnpicklingError as err:
-        if trust:
-            raise CheckpointError(f"cannot unpickle {path}: {err}") from err
-        raise UntrustedCheckpointError(
-            _WHY.format(path=path) + f"\n(torch said: {str(err).splitlines()[0]})") from err
+        if not trust and "Weights only load failed" in str(err):
+            raise _refusal(path, err) from None
+        raise CheckpointError(f"{path}: corrupt or truncated, cannot unpickle it "
+                              f"({_first_line(err)})") from None
+    except (ImportError, AttributeError) as err:    # a class the pickle names is not here
+        raise CheckpointError(f"{path}: its pickle needs code that is not installed here "
+                              f"({_first_line(err)})") from None
+    except (RuntimeError, EOFError, IndexError, ValueError, KeyError, OSError) as err:
+        # miniz ("failed reading zip archive"), a short pickle, a damaged record ...
+        raise CheckpointError(f"{path}: corrupt or truncated, torch.load failed "
+                              f"({_first_line(err)})") from None
     if not isinstance(obj, Mapping):
         raise CheckpointError(f"{path}: expected a dict checkpoint, got {type(obj).__name__}")
     return dict(obj)
@@ -203,8 +251,9 @@ def _shape(sd: Mapping[str, Tensor], key: str) -> tuple[int, ...]:
     return tuple(sd[key].shape)
 
 
-def _base_config(sd: Mapping[str, Tensor]) -> BaseTokenizerConfig:
-    """Read the base tokenizer's architecture from our ``base.*`` keys."""
+def _base_config(sd: Mapping[str, Tensor], posterior: Posterior = "mean") -> BaseTokenizerConfig:
+    """Read the base tokenizer's architecture from our ``base.*`` keys; a KL-VAE gets the
+    release's conventions (:data:`RELEASE_VAE_CONVENTIONS`), the VQGAN keeps ours (equal)."""
     kind = "vqgan" if "base.quantize.embedding.weight" in sd else "kl_vae"
     if kind == "kl_vae" and "base.post_quant_conv.weight" not in sd:
         raise CheckpointError("no base_tokenizer.vqgan.* or base_tokenizer.vae.* keys found: "
@@ -216,14 +265,18 @@ def _base_config(sd: Mapping[str, Tensor]) -> BaseTokenizerConfig:
     common = dict(kind=kind, downsample=2 ** (levels - 1), channels=ch, channel_mult=mult,
                   num_res_blocks=_count(sd, "base.encoder.down.0.block."))
     if kind == "vqgan":
+        if posterior != "mean":
+            raise CheckpointError("posterior='sample' applies to the VAE release only; this "
+                                  "checkpoint embeds a VQGAN")
         codes, dim = _shape(sd, "base.quantize.embedding.weight")
         return replace(preset("small").model.base, latent_dim=dim, codebook_size=codes, **common)
     dim = _shape(sd, "base.post_quant_conv.weight")[0]
-    return replace(preset("small_vae").model.base, latent_dim=dim, **common)
+    return replace(preset("small_vae").model.base, latent_dim=dim, posterior=posterior,
+                   **RELEASE_VAE_CONVENTIONS, **common)
 
 
 def infer_config(state_dict: Mapping[str, Tensor], args: Any = None,
-                 heads: int | None = None) -> ModelConfig:
+                 heads: int | None = None, posterior: Posterior = "mean") -> ModelConfig:
     """The :class:`ModelConfig` whose KARL has exactly these tensor shapes.
 
     Args:
@@ -231,6 +284,8 @@ def infer_config(state_dict: Mapping[str, Tensor], args: Any = None,
         args: the checkpoint's ``argparse.Namespace`` (or a dict): source of ``heads`` and
             ``image_size``, which the shapes do not determine.
         heads: explicit head count; overrides ``args``. Default 8 (the release).
+        posterior: VAE files only: grid from the posterior ``mean`` (deterministic, our
+            default) or a ``sample`` (what the release computes).
     """
     sd = {_unwrap_key(k): v for k, v in state_dict.items()}
     if any(k.startswith(tuple(_BASE_PREFIXES)) for k in sd):
@@ -247,7 +302,7 @@ def infer_config(state_dict: Mapping[str, Tensor], args: Any = None,
     quant = "quantize.embedding.weight" in sd
     codebook, token_dim = (_shape(sd, "quantize.embedding.weight") if quant
                            else (ModelConfig.codebook_size, 0))
-    base = _base_config(sd)
+    base = _base_config(sd, posterior)
     image_size = (_arg(args, _IMAGE_SIZE_ARGS) or (256, ""))[0]
     cfg = ModelConfig(
         image_size=image_size, width=width,
@@ -288,14 +343,15 @@ def _plain(v: Any) -> Any:
 
 
 def _prepare(path: str | Path, trust: bool, weights: Literal["ema", "model"] | None,
-             heads: int | None) -> tuple[ModelConfig, dict[str, Tensor], dict[str, Any]]:
+             heads: int | None, posterior: Posterior = "mean",
+             ) -> tuple[ModelConfig, dict[str, Tensor], dict[str, Any]]:
     """Read, select, map and check: (config, our state dict, provenance)."""
     path = Path(path)
     ckpt = read_official(path, trust=trust)
     raw, used = select_weights(ckpt, weights)
     state = map_official_keys(raw)
     args = ckpt.get("args")
-    cfg = infer_config(state, args=args, heads=heads)
+    cfg = infer_config(state, args=args, heads=heads, posterior=posterior)
     with torch.device("meta"):                      # shapes only: no memory, no init cost
         check_state_dict(KARL(cfg), state)
     args_dict = vars(args) if isinstance(args, argparse.Namespace) else args
@@ -310,6 +366,8 @@ def _prepare(path: str | Path, trust: bool, weights: Literal["ema", "model"] | N
                            if k.startswith(_DROPPED)}),
         "heads_from": heads_from,
         "decoder_mask": "per image (the release mixes masks across a batch; docs/OFFICIAL.md)",
+        "base_conventions": ("release (docs/OFFICIAL.md)" if cfg.base.kind == "kl_vae"
+                             else "ours (equal to the release's)"),
         "args": _plain(args_dict) if isinstance(args_dict, Mapping) else None,
     }
     return cfg, state, provenance
@@ -317,7 +375,8 @@ def _prepare(path: str | Path, trust: bool, weights: Literal["ema", "model"] | N
 
 def load_official(path: str | Path, trust: bool = False, device: str | torch.device = "cpu",
                   weights: Literal["ema", "model"] | None = None,
-                  heads: int | None = None) -> KARL:
+                  heads: int | None = None, posterior: Posterior = "mean",
+                  precision: str = "fp32") -> KARL:
     """Build our KARL from an authors' ``.pth``, strictly (every tensor used, shapes equal).
 
     Args:
@@ -326,27 +385,30 @@ def load_official(path: str | Path, trust: bool = False, device: str | torch.dev
         device: where the model goes.
         weights: ``"ema"`` or ``"model"``; default: ``ema`` if present, else ``model``.
         heads: attention heads, when ``args`` does not say (default 8).
+        posterior: VAE files: ``"mean"`` (deterministic) or ``"sample"`` (the release's).
+        precision: ``fp32`` / ``bf16`` / ``fp16`` / ``auto`` (:mod:`karl.precision`).
 
     Raises:
         UntrustedCheckpointError: the file needs unpickling and ``trust`` is False.
         CheckpointError: unmapped, missing or mis-shaped keys (all listed).
     """
-    cfg, state, provenance = _prepare(path, trust, weights, heads)
+    from karl.precision import set_precision
+    cfg, state, provenance = _prepare(path, trust, weights, heads, posterior)
     model = KARL(cfg)
     model.load_state_dict(state, strict=True)
     model.provenance = provenance
-    return model.to(device).eval()
+    return set_precision(model.to(device).eval(), precision)
 
 
 def convert_official(in_path: str | Path, out_dir: str | Path, trust: bool = False,
                      weights: Literal["ema", "model"] | None = None,
-                     heads: int | None = None) -> Path:
+                     heads: int | None = None, posterior: Posterior = "mean") -> Path:
     """Write a release directory (``config.json`` + ``model.safetensors``) from a ``.pth``.
 
     ``config.json`` records the source file name, its sha256, the epoch and which weights
     (``ema`` / ``model``) were used. Load the result with :func:`karl.load_pretrained`.
     """
-    cfg, state, provenance = _prepare(in_path, trust, weights, heads)
+    cfg, state, provenance = _prepare(in_path, trust, weights, heads, posterior)
     provenance["sha256"] = _sha256(Path(in_path))
     return write_release(out_dir, to_dict(cfg), _unshare(state), extra={"source": provenance})
 
@@ -364,12 +426,12 @@ def _unshare(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
 
 
 def load_any(path: str | Path, trust_official: bool = False,
-             device: str | torch.device = "cpu") -> KARL:
+             device: str | torch.device = "cpu", precision: str = "fp32") -> KARL:
     """A release directory (ours or converted) or an authors' ``.pth`` (needs the opt-in)."""
     from karl.api import load_pretrained
     if Path(path).is_file() and Path(path).suffix in (".pth", ".pt", ".ckpt"):
-        return load_official(path, trust=trust_official, device=device)
-    return load_pretrained(path, device=device)
+        return load_official(path, trust=trust_official, device=device, precision=precision)
+    return load_pretrained(path, device=device, precision=precision)
 
 
 # --------------------------------------------------------------------------- CLI
@@ -388,9 +450,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--weights", choices=("ema", "model"),
                    help="which weights to take (default: ema, else model)")
     p.add_argument("--heads", type=int, help="attention heads if the file's args do not say (8)")
+    p.add_argument("--posterior", choices=("mean", "sample"), default="mean",
+                   help="VAE files: base grid from the posterior mean (deterministic, default) "
+                        "or a sample (what the release computes)")
     a = p.parse_args(argv)
     try:
-        out = convert_official(a.input, a.output, trust=a.trust, weights=a.weights, heads=a.heads)
+        out = convert_official(a.input, a.output, trust=a.trust, weights=a.weights, heads=a.heads,
+                               posterior=a.posterior)
     except UntrustedCheckpointError as e:
         print(f"karl-convert-official: refused: {e}", file=sys.stderr)
         return 2

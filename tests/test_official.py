@@ -29,8 +29,8 @@ from karl.config import ModelConfig, preset
 from karl.model import KARL
 from karl.model.layers import Attention
 from karl.official import (
-    OFFICIAL_ROOTS, UntrustedCheckpointError, convert_official, infer_config, load_any, main,
-    map_official_keys, read_official, select_weights,
+    OFFICIAL_ROOTS, RELEASE_VAE_CONVENTIONS, UntrustedCheckpointError, convert_official,
+    infer_config, load_any, main, map_official_keys, read_official, select_weights,
 )
 
 torch.set_num_threads(1)
@@ -60,6 +60,13 @@ def official_keys(kind: str) -> Shapes:
     return out
 
 
+def release_model_config(kind: str) -> ModelConfig:
+    """The preset with the release's base-tokenizer conventions (the VQGAN's equal ours)."""
+    cfg = preset(VARIANTS[kind][0]).model
+    extra = RELEASE_VAE_CONVENTIONS if kind == "kl_vae" else {}
+    return replace(cfg, base=replace(cfg.base, **extra))
+
+
 def meta_state(kind: str) -> dict[str, torch.Tensor]:
     """The release's full state dict as meta tensors (shapes only)."""
     return {k: torch.empty(shape, dtype=dt, device="meta")
@@ -77,7 +84,7 @@ def our_keys_as_official(cfg: ModelConfig, kind: str) -> Shapes:
 
 def reduced_config(kind: str) -> ModelConfig:
     """Narrow tensors, same names: layer counts, levels and blocks as released."""
-    full = preset(VARIANTS[kind][0]).model
+    full = release_model_config(kind)
     base = replace(full.base, channels=32,
                    **({"latent_dim": 16, "codebook_size": 64} if kind == "vqgan" else {}))
     return replace(full, width=64, num_latent_tokens=64, max_tokens=64, halting_hidden=32,
@@ -177,8 +184,8 @@ def test_full_size_layout_equals_release(kind):
     assert sorted(set(ref) - set(ours)) == [], "release keys our model lacks"
     assert sorted(set(ours) - set(ref)) == [], "our keys the release lacks"
     assert {k: (v, ref[k]) for k, v in ours.items() if ref[k] != v} == {}
-    # The config read from shapes alone is the preset itself.
-    assert infer_config(meta_state(kind)) == preset(VARIANTS[kind][0]).model
+    # The config read from shapes alone is the preset, with the release's conventions.
+    assert infer_config(meta_state(kind)) == release_model_config(kind)
     roots = {k.split(".")[0] for k in ref if not k.startswith("base_tokenizer.")}
     assert roots <= OFFICIAL_ROOTS and (kind != "vqgan" or roots == OFFICIAL_ROOTS)
 
@@ -191,7 +198,7 @@ def test_infer_config_other_variants_and_args():
     assert cfg == replace(preset("small").model, quantize=False)
     vae = meta_state("kl_vae")
     vae["quantize.embedding.weight"] = torch.empty(4096, 12, device="meta")
-    assert infer_config(vae) == replace(preset("small_vae").model, quantize=True)
+    assert infer_config(vae) == replace(release_model_config("kl_vae"), quantize=True)
     args = argparse.Namespace(num_heads=16, img_size=512)
     assert (infer_config(vae, args).heads, infer_config(vae, args).image_size) == (16, 512)
     assert infer_config(vae, args, heads=4).heads == 4
@@ -355,3 +362,205 @@ def test_full_size_vqgan_converts_and_runs(tmp_path):
         head1 = model.forward_decoder(enc1.latents, enc1.keep)
     assert head3.shape == (3, 1024, 16, 16)
     torch.testing.assert_close(head3[1], head1[0], atol=1e-4, rtol=1e-4)
+
+
+# --------------------------------------------------------------------------- VAE conventions
+
+def small_vae(seed: int = 0, **conventions) -> "KLVAETokenizer":
+    from karl.base_tokenizers import build_base_tokenizer
+    from karl.config import BaseTokenizerConfig
+    cfg = BaseTokenizerConfig(kind="kl_vae", channels=32, channel_mult=(1, 1, 2), num_res_blocks=1,
+                              downsample=4, latent_dim=4, latent_scale=0.5, **conventions)
+    torch.manual_seed(seed)
+    return build_base_tokenizer(cfg).eval()
+
+
+def raw_moments(vae, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """MAR's arithmetic by hand: encoder -> quant_conv -> (mean, clamped logvar)."""
+    mean, logvar = vae.quant_conv(vae.encoder(x)).chunk(2, dim=1)
+    return mean, logvar.clamp(-30.0, 20.0)
+
+
+@torch.no_grad()
+def test_vae_default_conventions_are_ldm_mar():
+    """Defaults (our trained models, the small_vae preset): [-1, 1] in and out, mean, /scale."""
+    vae, x = small_vae(), images(2, side=16)
+    mean, _ = raw_moments(vae, x * 2 - 1)
+    grid = vae.encode(x)
+    assert torch.equal(grid.features, mean * 0.5)
+    f = torch.randn(2, 4, 4, 4, generator=torch.Generator().manual_seed(3))
+    out = vae.decoder(vae.post_quant_conv(f / 0.5))
+    assert torch.equal(vae.decode(f), ((out + 1) / 2).clamp(0, 1))
+
+
+@torch.no_grad()
+def test_vae_each_convention():
+    x = images(2, side=16)
+    f = torch.randn(2, 4, 4, 4, generator=torch.Generator().manual_seed(3))
+    vae = small_vae(input_range=(0.0, 1.0))                      # the image goes in as it is
+    assert torch.equal(vae.encode(x).features, raw_moments(vae, x)[0] * 0.5)
+    vae = small_vae(input_range=(-2.0, 2.0))
+    assert torch.equal(vae.encode(x).features, raw_moments(vae, -2.0 + 4.0 * x)[0] * 0.5)
+    vae = small_vae(decode_scale=1.0)                            # no division before decoding
+    out = vae.decoder(vae.post_quant_conv(f))
+    assert torch.equal(vae.decode(f), ((out + 1) / 2).clamp(0, 1))
+    vae = small_vae(decode_scale=0.25)
+    out = vae.decoder(vae.post_quant_conv(f / 0.25))
+    assert torch.equal(vae.decode(f), ((out + 1) / 2).clamp(0, 1))
+    vae = small_vae(output_range=(0.0, 1.0))                     # the raw output is the image
+    out = vae.decoder(vae.post_quant_conv(f / 0.5))
+    assert torch.equal(vae.decode(f), out.clamp(0, 1))
+    assert not torch.equal(vae.decode(f), ((out + 1) / 2).clamp(0, 1))
+
+
+@torch.no_grad()
+def test_vae_posterior_sample_is_seeded_and_mean_is_deterministic():
+    x = images(2, side=16)
+    vae = small_vae(posterior="sample")
+    mean, logvar = raw_moments(vae, x * 2 - 1)
+    vae.generator = torch.Generator().manual_seed(7)
+    a = vae.encode(x).features
+    noise = torch.randn(mean.shape, generator=torch.Generator().manual_seed(7))
+    assert torch.equal(a, (mean + torch.exp(0.5 * logvar) * noise) * 0.5)
+    assert not torch.equal(vae.encode(x).features, a)            # the generator moved on
+    torch.manual_seed(11)                                        # no generator: the global RNG
+    vae.generator = None
+    b = vae.encode(x).features
+    torch.manual_seed(11)
+    assert torch.equal(vae.encode(x).features, b)
+    det = small_vae()                                            # "mean": same every call
+    assert torch.equal(det.encode(x).features, det.encode(x).features)
+
+
+def test_conventions_are_validated_and_kl_vae_only():
+    from karl.base_tokenizers import build_base_tokenizer
+    from karl.config import BaseTokenizerConfig, ConfigError, model_config_from_dict, to_dict
+    with pytest.raises(ConfigError, match="posterior"):
+        BaseTokenizerConfig(kind="kl_vae", posterior="mode")
+    with pytest.raises(ConfigError, match="low < high"):
+        BaseTokenizerConfig(kind="kl_vae", input_range=(1.0, 0.0))
+    with pytest.raises(ConfigError, match="positive"):
+        BaseTokenizerConfig(kind="kl_vae", decode_scale=0.0)
+    with pytest.raises(ValueError, match="apply to kl_vae only"):
+        build_base_tokenizer(BaseTokenizerConfig(kind="conv_ae", latent_dim=4, downsample=4,
+                                                 channels=8, channel_mult=(1, 2, 2),
+                                                 num_res_blocks=1, output_range=(0.0, 1.0)))
+    cfg = release_model_config("kl_vae")                         # survives config.json
+    assert model_config_from_dict(to_dict(cfg)) == cfg
+    old = to_dict(preset("small_vae").model)                     # a config.json from before
+    for key in ("input_range", "output_range", "decode_scale", "posterior"):
+        del old["base"][key]
+    assert model_config_from_dict(old) == preset("small_vae").model
+
+
+@torch.no_grad()
+def release_vae_reference(model: KARL, x: torch.Tensor, eps: torch.Tensor,
+                          sample_seed: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The release's VAE path written out (KARL_FACTS section 4), from our KARL's layers.
+
+    [0, 1] image into the VAE encoder as it is; base part of the 2D token = posterior
+    sample (MAR's ``mean + std * torch.randn(mean.shape)``; the mean when ``sample_seed`` is
+    None) x 0.2325; the decoder head's 16-d output into post_quant_conv + the VAE decoder
+    without dividing by 0.2325; the raw output is the image.
+    """
+    vae = model.base
+    mean, logvar = raw_moments(vae, x)
+    z = mean
+    if sample_seed is not None:
+        noise = torch.randn(mean.shape, generator=torch.Generator().manual_seed(sample_seed))
+        z = mean + torch.exp(0.5 * logvar) * noise
+    tokens = model.embed_grid(x, z * 0.2325)
+    latents, logits = model.forward_encoder(tokens, model.bin_index(eps, x.shape[0]), model.max_tokens)
+    keep = logits.sigmoid() <= 0.75
+    head = model.forward_decoder(latents, keep)
+    return keep, vae.decoder(vae.post_quant_conv(head)).clamp(0, 1)
+
+
+@pytest.fixture(scope="module")
+def converted_vae(tmp_path_factory) -> tuple[Path, dict]:
+    """A release-layout VAE .pth (reduced widths) whose halting head drops some tokens."""
+    tmp = tmp_path_factory.mktemp("vae")
+    ema = random_state(reduced_keys("kl_vae"), seed=0)
+    ema["halting_mlp.2.weight"] = ema["halting_mlp.2.weight"] * 50   # confident, varied decisions
+    src = save_like_authors(tmp / "karl_small_vae_continuous_latents.pth", ema)
+    return src, ema
+
+
+def test_converted_vae_reconstructs_with_the_release_arithmetic(converted_vae, tmp_path):
+    src, _ = converted_vae
+    x, eps = images(1, seed=4), torch.tensor([0.05])
+    out = convert_official(src, tmp_path / "mean", trust=True)
+    meta = json.loads((out / "config.json").read_text())
+    assert meta["model"]["base"]["input_range"] == [0.0, 1.0]
+    assert meta["model"]["base"]["decode_scale"] == 1.0 and meta["model"]["base"]["posterior"] == "mean"
+    model = load_pretrained(out)
+    keep_ref, ref = release_vae_reference(model, x, eps, sample_seed=None)
+    assert 0 < int(keep_ref.sum()) < keep_ref.numel(), "the test needs some halted tokens"
+    keep, y = roundtrip(model, x, eps)
+    assert torch.equal(keep, keep_ref) and torch.equal(y, ref)
+
+    # The release samples the posterior: --posterior sample with the same noise is equal too.
+    assert main([str(src), str(tmp_path / "sample"), "--trust", "--posterior", "sample"]) == 0
+    sampled = load_pretrained(tmp_path / "sample")
+    sampled.base.generator = torch.Generator().manual_seed(5)
+    keep_s, y_s = roundtrip(sampled, x, eps)
+    keep_sref, ref_s = release_vae_reference(sampled, x, eps, sample_seed=5)
+    assert torch.equal(keep_s, keep_sref) and torch.equal(y_s, ref_s)
+    assert not torch.equal(y_s, y)                               # the noise does reach the image
+
+    # Our old conventions on the same weights give other images (what the issue found).
+    old_cfg = replace(model.config, base=replace(
+        model.config.base, input_range=(-1.0, 1.0), output_range=(-1.0, 1.0), decode_scale=None))
+    old = KARL(old_cfg).eval()
+    old.load_state_dict(model.state_dict())
+    assert (roundtrip(old, x, eps)[1] - ref).abs().max() > 0.05
+
+
+def test_vqgan_keeps_our_conventions_and_refuses_sampling(tmp_path):
+    ema = random_state(reduced_keys("vqgan"), seed=0)
+    src = save_like_authors(tmp_path / "vq.pth", ema)
+    assert load_official(src, trust=True).config.base == reduced_config("vqgan").base
+    with pytest.raises(CheckpointError, match="VAE release only"):
+        load_official(src, trust=True, posterior="sample")
+
+
+# --------------------------------------------------------------------------- damaged files
+
+def _damaged(tmp_path: Path) -> dict[str, Path]:
+    good = save_like_authors(tmp_path / "good.pth", {"latent_tokens": torch.zeros(64, 64)})
+    data = good.read_bytes()
+    files = {"truncated": data[: len(data) // 2], "random": torch.randint(
+        0, 256, (4096,), generator=torch.Generator().manual_seed(0), dtype=torch.uint8).numpy().tobytes(),
+        "empty": b"", "html": b"<html>404 Not Found</html>"}
+    out = {}
+    for name, blob in files.items():
+        (tmp_path / f"{name}.pth").write_bytes(blob)
+        out[name] = tmp_path / f"{name}.pth"
+    return out
+
+
+@pytest.mark.parametrize("trust", [True, False])
+def test_damaged_files_give_one_line_naming_the_file(tmp_path, capsys, trust):
+    expected = {"truncated": "truncated or corrupt", "random": "not a PyTorch checkpoint",
+                "empty": "empty", "html": "not a PyTorch checkpoint"}
+    for name, path in _damaged(tmp_path).items():
+        with pytest.raises(CheckpointError) as err:
+            read_official(path, trust=trust)
+        msg = str(err.value)
+        assert not isinstance(err.value, UntrustedCheckpointError), name
+        assert str(path) in msg and expected[name] in msg and "\n" not in msg, msg
+        assert "Namespace" not in msg
+        argv = [str(path), str(tmp_path / f"out_{name}")] + ["--trust"] * trust
+        assert main(argv) == 1
+        err_text = capsys.readouterr().err.strip()
+        assert err_text.count("\n") == 0 and str(path) in err_text and "Traceback" not in err_text
+
+
+def test_refusal_names_what_the_pickle_holds(tmp_path):
+    path = tmp_path / "odd.pth"
+    torch.save({"ema": {"x": torch.zeros(1)}, "when": __import__("datetime").date(2025, 1, 1)}, path)
+    with pytest.raises(UntrustedCheckpointError) as err:
+        read_official(path)
+    assert "datetime.date" in str(err.value) and "Namespace" in str(err.value)  # the release hint
+    with pytest.raises(UntrustedCheckpointError, match="references argparse.Namespace"):
+        read_official(save_like_authors(tmp_path / "k.pth", {"latent_tokens": torch.zeros(1)}))

@@ -67,10 +67,26 @@ def build_base_tokenizer(cfg: BaseTokenizerConfig) -> BaseTokenizer:
     """Instantiate the tokenizer named by ``cfg.kind``; load ``cfg.checkpoint`` if set."""
     if cfg.kind not in TOKENIZERS:
         raise ValueError(f"unknown base tokenizer kind {cfg.kind!r}; valid: {sorted(TOKENIZERS)}")
+    _check_conventions(cfg)
     tokenizer = TOKENIZERS[cfg.kind](cfg)
     if cfg.checkpoint:
         load_base_checkpoint(tokenizer, cfg.checkpoint)
     return tokenizer
+
+
+# Arithmetic conventions only the KL-VAE reads (BaseTokenizerConfig); the other kinds have
+# fixed ones, so a non-default value there would be silently ignored: refuse it instead.
+_KL_VAE_CONVENTIONS = ("input_range", "output_range", "decode_scale", "posterior")
+
+
+def _check_conventions(cfg: BaseTokenizerConfig) -> None:
+    if cfg.kind == "kl_vae":
+        return
+    default = BaseTokenizerConfig()
+    changed = [n for n in _KL_VAE_CONVENTIONS if getattr(cfg, n) != getattr(default, n)]
+    if changed:
+        raise ValueError(f"base tokenizer {cfg.kind!r} has fixed conventions; "
+                         f"{', '.join(changed)} apply to kl_vae only")
 
 
 def strip_prefix(state_dict: Mapping[str, Tensor], prefix: str, *,

@@ -15,8 +15,18 @@ Architecture as read from the released key layout
 - decoder: ``up.{i}`` for level ``i`` run last to first, ``num_res_blocks + 1`` blocks each,
   no attention, nearest 2x + ``upsample.conv`` (3x3) on every level but level 0.
 
-The VAE works in ``[-1, 1]``; the interface is ``[0, 1]`` and is converted here. KARL sees the
-latent times ``latent_scale`` (0.2325 for MAR's KL-16).
+Conventions (``BaseTokenizerConfig``; the interface is always ``[0, 1]`` images):
+
+- ``input_range``: the encoder sees the image mapped to this range (LDM/MAR: ``[-1, 1]``;
+  the KARL release feeds the ``[0, 1]`` image unchanged);
+- ``latent_scale``: KARL sees the latent times this (0.2325 for MAR's KL-16);
+- ``decode_scale``: the decoder gets features divided by this (default ``latent_scale``;
+  the KARL release decodes the head's prediction unscaled: 1.0);
+- ``output_range``: the decoder's output is read in this range and mapped to ``[0, 1]``
+  (the release takes the raw output as the image);
+- ``posterior``: in eval mode the grid is the posterior ``mean`` (deterministic) or a
+  ``sample`` (the release); training always samples. Noise is drawn on the CPU from
+  ``self.generator`` (default: the global RNG, like the release) then moved to the device.
 """
 
 from __future__ import annotations
@@ -173,6 +183,11 @@ class KLVAETokenizer(BaseTokenizer):
         self.latent_dim = self.head_dim = cfg.latent_dim
         self.downsample = cfg.downsample
         self.latent_scale = cfg.latent_scale
+        self.decode_scale = cfg.latent_scale if cfg.decode_scale is None else cfg.decode_scale
+        self.input_range = tuple(cfg.input_range)
+        self.output_range = tuple(cfg.output_range)
+        self.sample_posterior = cfg.posterior == "sample"
+        self.generator: torch.Generator | None = None   # CPU generator for posterior noise
         z = cfg.latent_dim
         args = (cfg.channels, tuple(cfg.channel_mult), cfg.num_res_blocks, z)
         self.encoder = KLEncoder(*args)
@@ -186,18 +201,28 @@ class KLVAETokenizer(BaseTokenizer):
             f"expected images [B, 3, H, W], got {tuple(images.shape)}"
         assert images.shape[-1] % self.downsample == 0 and images.shape[-2] % self.downsample == 0, \
             f"image side {tuple(images.shape[-2:])} not divisible by {self.downsample}"
-        moments = self.quant_conv(self.encoder(images * 2 - 1))
+        lo, hi = self.input_range
+        x = images if (lo, hi) == (0.0, 1.0) else lo + (hi - lo) * images
+        moments = self.quant_conv(self.encoder(x))
         mean, logvar = moments.chunk(2, dim=1)
         return mean, logvar.clamp(-30.0, 20.0)
 
+    def sample(self, mean: Tensor, logvar: Tensor) -> Tensor:
+        """mean + std * N(0, 1), the noise drawn as the release draws it (CPU, then moved)."""
+        noise = torch.randn(mean.shape, generator=self.generator)
+        return mean + (0.5 * logvar).exp() * noise.to(mean.device, mean.dtype)
+
     def encode(self, images: Tensor) -> BaseGrid:
         mean, logvar = self.posterior(images)
-        z = mean + torch.randn_like(mean) * (0.5 * logvar).exp() if self.training else mean
+        z = self.sample(mean, logvar) if self.training or self.sample_posterior else mean
         z = z * self.latent_scale
         return BaseGrid(features=z, target=z)
 
     def decode(self, features: Tensor) -> Tensor:
         assert features.ndim == 4 and features.shape[1] == self.latent_dim, \
             f"decode: expected [B, {self.latent_dim}, g, g], got {tuple(features.shape)}"
-        x = self.decoder(self.post_quant_conv(features / self.latent_scale))
-        return ((x + 1) / 2).clamp(0.0, 1.0)
+        z = features if self.decode_scale == 1.0 else features / self.decode_scale
+        x = self.decoder(self.post_quant_conv(z))
+        lo, hi = self.output_range
+        x = x if (lo, hi) == (0.0, 1.0) else (x - lo) / (hi - lo)
+        return x.clamp(0.0, 1.0)

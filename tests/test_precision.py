@@ -1,0 +1,89 @@
+"""Inference precision (karl/precision.py): selection, autocast, wrapped model methods."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+
+from karl import build_model, load_pretrained, save_pretrained
+from karl.precision import (
+    HALT_MARGIN, autocast, cpu_has_fast_bf16, resolve_precision, set_precision,
+)
+
+torch.set_num_threads(1)
+
+
+def test_resolve_precision():
+    assert resolve_precision("fp32", "cpu") == "fp32"
+    assert resolve_precision("bf16", "cpu") == "bf16"
+    assert resolve_precision("auto", "cpu") == ("bf16" if cpu_has_fast_bf16() else "fp32")
+    with pytest.raises(ValueError, match="not one of fp32, bf16, fp16, auto"):
+        resolve_precision("int8", "cpu")
+    with pytest.raises(ValueError, match="not meta"):
+        resolve_precision("bf16", "meta")
+
+
+def test_autocast_context_and_onednn_flag_restored():
+    a, b = torch.randn(4, 8), torch.randn(8, 4)
+    before = torch.backends.mkldnn.enabled
+    torch.backends.mkldnn.enabled = False
+    try:
+        with autocast("cpu", "fp32"):
+            assert (a @ b).dtype == torch.float32 and not torch.backends.mkldnn.enabled
+        with autocast("cpu", "bf16"):
+            assert (a @ b).dtype == torch.bfloat16
+            assert torch.backends.mkldnn.enabled or not torch.backends.mkldnn.is_available()
+        assert not torch.backends.mkldnn.enabled
+    finally:
+        torch.backends.mkldnn.enabled = before
+
+
+def test_bf16_path_close_to_fp32_and_fp32_restored(tiny_model, tiny_images):
+    enc32 = tiny_model.encode(tiny_images, epsilon=0.05)
+    rec32 = tiny_model.decode(enc32)
+    set_precision(tiny_model, "bf16")
+    conv = next(m for m in tiny_model.base.modules() if isinstance(m, torch.nn.Conv2d))
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+    enc16 = tiny_model.encode(tiny_images, epsilon=0.05)
+    rec16 = tiny_model.decode(enc16)
+    assert rec16.dtype == enc16.latents.dtype == enc16.halting_probs.dtype == torch.float32
+    assert rec16.is_contiguous() and 0 < (rec16 - rec32).abs().max() < 0.1
+    # Any decision that moved was near the threshold (that is what precision_stats counts).
+    moved = enc16.keep != enc32.keep
+    near = (enc32.halting_probs - tiny_model.config.halt_threshold).abs() < HALT_MARGIN
+    assert not (moved & ~near).any()
+    assert tiny_model.precision_stats["images"] == len(tiny_images)
+    # Reconstruct and a cached grid go through the same path.
+    grid = tiny_model.base_encode(tiny_images)
+    assert grid.features.dtype == torch.float32
+    assert tiny_model.reconstruct(tiny_images, num_tokens=4, base_grid=grid).dtype == torch.float32
+
+    set_precision(tiny_model, "fp32")
+    assert "encode" not in vars(tiny_model) and conv.weight.is_contiguous()
+    assert torch.equal(tiny_model.decode(tiny_model.encode(tiny_images, epsilon=0.05)), rec32)
+
+
+def test_near_threshold_decisions_warn_once(tiny_model, tiny_images):
+    """Halting logits pinned at the threshold: every decision is at risk under bf16."""
+    with torch.no_grad():
+        last = tiny_model.halting_mlp[2]
+        last.weight.zero_()
+        last.bias.fill_(torch.logit(torch.tensor(tiny_model.config.halt_threshold)).item())
+    set_precision(tiny_model, "bf16")
+    with pytest.warns(UserWarning, match="within 0.02 of the threshold under bf16"):
+        enc = tiny_model.encode(tiny_images, epsilon=0.05)
+    assert tiny_model.precision_stats["near_threshold_tokens"] == enc.keep.numel()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")                 # the second call does not warn again
+        tiny_model.encode(tiny_images, epsilon=0.05)
+
+
+def test_load_pretrained_precision(tmp_path, tiny_images):
+    out = save_pretrained(build_model("tiny", seed=0), tmp_path / "m")
+    model = load_pretrained(out, precision="auto")
+    assert model.precision == "auto"
+    assert model.decode(model.encode(tiny_images)).dtype == torch.float32
+    with pytest.raises(ValueError, match="precision 'half'"):
+        load_pretrained(out, precision="half")
