@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import colorsys
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -58,8 +59,7 @@ class _ArraysMixin(Exportable):
             out[k] = v.tolist() if isinstance(v, np.ndarray) else v.item() if isinstance(v, np.generic) else v
         return out
 
-    def save_npz(self, path) -> "Path":  # noqa: F821
-        from pathlib import Path
+    def save_npz(self, path: str | Path) -> Path:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         arrays = {k: np.asarray(v) for k, v in vars(self).items() if isinstance(v, np.ndarray)}

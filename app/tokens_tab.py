@@ -128,7 +128,7 @@ def token_pick_view(model, image: Any, epsilon: float, max_maps: Any, pick: Any,
 
 def build_tokens_tab(model, run_model: dict, examples: list[str] | None = None) -> None:
     """Add the Tokens tab to the enclosing ``gr.Blocks`` (call inside its context)."""
-    from app.ui import SafeImage
+    from app.components import SafeImage
 
     bins = list(model.config.loss_bins)
     with gr.Tab("Tokens"):
