@@ -9,9 +9,10 @@ from analysis.description_length import (DescriptionLengthData, compute_descript
                                          plot_description_length)
 from analysis.gallery import GalleryData, bucket_index, compute_gallery, gallery_html
 from analysis.halting import HaltingData, compute_halting, plot_halting, plot_halting_heatmap
-from analysis.human import (SAVOIAS_CATEGORIES, classic_proxies, compute_human_correlations,
-                            compute_model_complexity, correlation_with_ci, load_human, load_savoias,
-                            load_scores_csv, plot_human_correlations, plot_human_heatmap)
+from analysis.human import (SAVOIAS_CATEGORIES, SavoiasLayoutError, classic_proxies,
+                            compute_human_correlations, compute_human_measures, compute_model_complexity,
+                            correlation_table, correlation_with_ci, kc_by_epsilon, load_human,
+                            load_savoias, load_scores_csv, plot_human_correlations, plot_human_heatmap)
 from analysis.kc_curve import KCCurve, compute_kc_curve, plot_kc_curve
 from analysis.structure_noise import (DeltaData, TokenSweep, compute_delta, compute_token_sweep,
                                       plot_kc_vs_delta, plot_token_sweep, standard_probe_images)
@@ -22,8 +23,9 @@ __all__ = [
     "TokenSweep", "DeltaData", "standard_probe_images", "compute_token_sweep", "compute_delta",
     "plot_token_sweep", "plot_kc_vs_delta",
     "GalleryData", "compute_gallery", "gallery_html", "bucket_index",
-    "SAVOIAS_CATEGORIES", "load_savoias", "load_scores_csv", "load_human", "classic_proxies",
-    "compute_model_complexity", "correlation_with_ci", "compute_human_correlations",
+    "SAVOIAS_CATEGORIES", "SavoiasLayoutError", "load_savoias", "load_scores_csv", "load_human",
+    "classic_proxies", "compute_model_complexity", "compute_human_measures", "correlation_with_ci",
+    "compute_human_correlations", "correlation_table", "kc_by_epsilon",
     "plot_human_heatmap", "plot_human_correlations",
     "DescriptionLengthData", "compute_description_length", "plot_description_length",
     "build_report",

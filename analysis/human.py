@@ -1,130 +1,49 @@
 """Analysis 5: KC-hat vs human visual-complexity scores (Savoias, the paper's Fig. 10).
 
-Savoias (Saraee et al. 2018) layout, as published::
+Data: :mod:`analysis.savoias` reads Savoias in its published layout and pairs each image
+with the score of its own file number. Any other data set: a CSV with an image column
+(``path``, ``image``, ``file`` or ``filename``), a score column (``human_score``, ``score``
+or ``gt``) and optionally ``category`` (:func:`load_scores_csv`).
 
-    <root>/Images/<Category>/<i>.<ext>                       # jpg / png / ...
-    <root>/Ground truth/xlsx/global_ranking_<key>.xlsx       # one column "gt"
-
-Row i (0-based data row, under the header) of the xlsx scores the i-th image of the
-category folder in numeric order of the file stems. Whether the files are numbered from
-0 or from 1 does not matter: only the order is used, and the number of images must equal
-the number of rows. Scores are 0-100, rescaled within each category, so correlations are
-computed within a category.
-
-Any other data set: a CSV with an image column (``path``, ``image``, ``file`` or
-``filename``), a score column (``human_score``, ``score`` or ``gt``) and optionally
-``category`` (:func:`load_scores_csv`).
+Measures (:func:`compute_human_measures`, streamed in batches so memory stays bounded):
+KC-hat and continuous KC at one epsilon, KC-hat at several epsilons (the model sees each
+image at its own input size, shorter side resized then centre crop), and the classic
+proxies of the Savoias paper on the 256 x 256 centre crop (JPEG bpp at quality 75, PNG bpp
+of the pixels alone, Canny edge density). Scores are rescaled within each category, so
+correlations are computed within a category (:func:`compute_human_correlations`).
 """
 
 from __future__ import annotations
 
 import io
-import re
 import warnings
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import pandas as pd
+import torch
 from torch import Tensor
 
 from analysis._common import PALETTE, encode_many, progress
 from analysis.gallery import bucket_index
+from analysis.savoias import SAVOIAS_CATEGORIES, SavoiasLayoutError, load_savoias  # noqa: F401  (re-exported)
 
-# Savoias category folder -> key of its ground-truth file.
-SAVOIAS_CATEGORIES: dict[str, str] = {
-    "Scenes": "scenes", "Advertisement": "ad", "Visualization": "vis", "Objects": "objects",
-    "Interior Design": "interior_design", "Art": "art", "Suprematism": "sup",
-}
 PROXIES = ("jpeg_bpp", "png_bpp", "edge_density")
 MEASURE_LABELS = {"kc_hat": "KC-hat", "continuous_kc": "sum(1 - p)", "jpeg_bpp": "JPEG bpp",
                   "png_bpp": "PNG bpp", "edge_density": "edge density"}
-_IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+DEFAULT_EPSILONS = (0.02, 0.05, 0.1, 0.2)  # KC-hat is also reported at these
+PROXY_SIZE = 256  # the classic proxies are measured on this centre crop (as the reference figures)
+
+
+def measure_label(measure: str) -> str:
+    """Column name -> label: ``kc_hat@0.1`` -> ``KC-hat @ 0.1``."""
+    base, _, eps = measure.partition("@")
+    label = MEASURE_LABELS.get(base, base)
+    return f"{label} @ {eps}" if eps else label
 
 
 # ----------------------------------------------------------------------------- loaders
-
-def _numbered_images(folder: Path) -> list[tuple[int, Path]]:
-    """(number, path) of the files named ``<int>.<image ext>``, sorted by number."""
-    items = []
-    for p in folder.iterdir():
-        if p.is_file() and p.suffix.lower() in _IMAGE_EXTS and re.fullmatch(r"\d+", p.stem):
-            items.append((int(p.stem), p))
-    items.sort()
-    numbers = [n for n, _ in items]
-    dup = sorted({n for n in numbers if numbers.count(n) > 1})
-    if dup:
-        raise ValueError(f"{folder}: several files share the numbers {dup[:5]} (different extensions?)")
-    return items
-
-
-def _ground_truth_file(root: Path, key: str) -> Path | None:
-    path = root / "Ground truth" / "xlsx" / f"global_ranking_{key}.xlsx"
-    if path.is_file():
-        return path
-    found = [p for p in root.rglob(f"global_ranking_{key}.xlsx") if "old" not in p.parts[-2].lower()]
-    return found[0] if len(found) == 1 else None
-
-
-def _read_gt(path: Path) -> np.ndarray:
-    table = pd.read_excel(path)
-    if "gt" in table.columns:
-        col = table["gt"]
-    elif table.shape[1] == 1:
-        col = table.iloc[:, 0]
-    else:
-        raise ValueError(f"{path}: no 'gt' column (columns: {list(table.columns)})")
-    values = pd.to_numeric(col, errors="coerce").to_numpy(dtype=np.float64)
-    if np.isnan(values).any():
-        raise ValueError(f"{path}: {int(np.isnan(values).sum())} non-numeric values in the score column")
-    return values
-
-
-def load_savoias(root: str | Path, categories: Sequence[str] | None = None,
-                 strict: bool = True) -> pd.DataFrame:
-    """Savoias in its published layout -> DataFrame(path, category, index, human_score).
-
-    Args:
-        root: the folder holding ``Images/`` and ``Ground truth/``.
-        categories: folder names to load (default: every category present).
-        strict: raise when a category's image count differs from its number of scores;
-            with ``strict=False`` warn and pair the first min(images, rows).
-
-    ``index`` is the number in the file name; rows are paired with images in numeric order.
-    """
-    root = Path(root)
-    images_dir = root / "Images"
-    if not images_dir.is_dir():
-        raise FileNotFoundError(f"{root} has no Images/ folder: not the Savoias layout "
-                                "(Images/<Category>/<i>.<ext>, Ground truth/xlsx/global_ranking_<key>.xlsx)")
-    wanted = list(categories) if categories is not None else list(SAVOIAS_CATEGORIES)
-    frames = []
-    for cat in wanted:
-        if cat not in SAVOIAS_CATEGORIES:
-            raise ValueError(f"unknown Savoias category {cat!r}; choose from {list(SAVOIAS_CATEGORIES)}")
-        folder = images_dir / cat
-        if not folder.is_dir():
-            if categories is not None:
-                raise FileNotFoundError(f"{folder} does not exist")
-            continue
-        gt_path = _ground_truth_file(root, SAVOIAS_CATEGORIES[cat])
-        if gt_path is None:
-            raise FileNotFoundError(f"no ground truth for {cat}: expected {root}/Ground truth/xlsx/"
-                                    f"global_ranking_{SAVOIAS_CATEGORIES[cat]}.xlsx")
-        scores, items = _read_gt(gt_path), _numbered_images(folder)
-        if len(scores) != len(items):
-            msg = f"{cat}: {len(items)} numbered images in {folder} but {len(scores)} scores in {gt_path}"
-            if strict:
-                raise ValueError(msg + " (pass strict=False to pair the first min of the two)")
-            warnings.warn(msg + "; pairing the first min of the two in numeric order", stacklevel=2)
-        m = min(len(scores), len(items))
-        frames.append(pd.DataFrame({"path": [str(p) for _, p in items[:m]], "category": cat,
-                                    "index": [n for n, _ in items[:m]], "human_score": scores[:m]}))
-    if not frames:
-        raise FileNotFoundError(f"no Savoias category folder found under {images_dir} "
-                                f"(expected some of {list(SAVOIAS_CATEGORIES)})")
-    return pd.concat(frames, ignore_index=True)
-
 
 def _pick(columns: Sequence[str], options: Sequence[str], what: str, csv: Path) -> str:
     lower = {c.lower(): c for c in columns}
@@ -156,23 +75,27 @@ def load_scores_csv(csv: str | Path, image_root: str | Path | None = None) -> pd
                          "human_score": pd.to_numeric(table[score_col], errors="raise").astype(float)})
 
 
-def load_human(path: str | Path, image_root: str | Path | None = None) -> pd.DataFrame:
-    """A Savoias root folder or a scores CSV (see the two loaders)."""
+def load_human(path: str | Path, image_root: str | Path | None = None, strict: bool = False) -> pd.DataFrame:
+    """A Savoias root folder (``strict``: missing images raise) or a scores CSV."""
     path = Path(path)
     if path.is_dir():
-        return load_savoias(path)
+        return load_savoias(path, strict=strict)
     if path.suffix.lower() == ".csv":
         return load_scores_csv(path, image_root)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such folder or file")
     raise ValueError(f"{path}: expected a Savoias folder or a .csv of human scores")
 
 
 def subsample_per_category(df: pd.DataFrame, n: int, seed: int = 0) -> pd.DataFrame:
-    """At most ``n`` rows per category (a seeded subset), original order kept."""
+    """At most ``n`` rows per category (a seeded subset), original order and attrs kept."""
     rng = np.random.default_rng(seed)
     keep = []
     for _, idx in df.groupby("category", sort=False).indices.items():
         keep.extend(rng.choice(idx, size=min(n, len(idx)), replace=False).tolist())
-    return df.iloc[np.sort(keep)].reset_index(drop=True)
+    out = df.iloc[np.sort(keep)].reset_index(drop=True)
+    out.attrs = dict(df.attrs)
+    return out
 
 
 # ----------------------------------------------------------------------------- complexity measures
@@ -186,14 +109,19 @@ def compute_model_complexity(model, images: Tensor, epsilon: float = 0.05, batch
 
 
 def _proxy_row(rgb: np.ndarray) -> tuple[float, float, float]:
-    """rgb uint8 [H, W, 3] -> (JPEG bpp at quality 75, PNG bpp, Canny edge density)."""
+    """rgb uint8 [H, W, 3] -> (JPEG bpp at quality 75, PNG bpp, Canny edge density).
+
+    Both codecs encode the bare pixel array (no colour profile, EXIF or other metadata), so
+    the sizes measure the pixels alone. PNG uses Pillow's default zlib level 6 (level 9 took
+    116 ms instead of 13 ms on a smooth 256-px crop here, for a file 15% smaller).
+    """
     from PIL import Image
     from skimage.feature import canny
 
-    pil = Image.fromarray(rgb)
+    pil = Image.fromarray(rgb, mode="RGB")
     pixels = rgb.shape[0] * rgb.shape[1]
     sizes = []
-    for fmt, kw in (("JPEG", dict(quality=75)), ("PNG", dict(compress_level=9))):
+    for fmt, kw in (("JPEG", dict(quality=75)), ("PNG", dict(compress_level=6))):
         buf = io.BytesIO()
         pil.save(buf, format=fmt, **kw)
         sizes.append(8.0 * buf.tell() / pixels)
@@ -202,29 +130,118 @@ def _proxy_row(rgb: np.ndarray) -> tuple[float, float, float]:
     return sizes[0], sizes[1], float(edges.mean())
 
 
-def classic_proxies(images: Tensor | Sequence[str | Path], max_side: int | None = 512,
+def _to_uint8(image: Tensor) -> np.ndarray:
+    """[3, H, W] in [0, 1] -> uint8 [H, W, 3] (exact for tensors made from uint8 pixels)."""
+    return image.clamp(0, 1).mul(255).round().byte().permute(1, 2, 0).contiguous().numpy()
+
+
+def classic_proxies(images: Tensor | Sequence[str | Path], size: int | None = PROXY_SIZE,
                     show_progress: bool = False) -> pd.DataFrame:
     """Classic complexity proxies per image -> DataFrame(jpeg_bpp, png_bpp, edge_density).
 
-    - jpeg_bpp: bits per pixel of the image saved as JPEG (quality 75);
-    - png_bpp: bits per pixel as PNG (compression level 9), a lossless compression ratio;
+    - jpeg_bpp: bits per pixel of the pixels saved as JPEG (quality 75);
+    - png_bpp: bits per pixel as PNG (zlib level 6), a lossless compression ratio;
     - edge_density: share of Canny edge pixels (sigma 1) of the luma.
 
-    ``images``: a tensor [N, 3, H, W] in [0, 1] (measured as given), or paths (measured at
-    their own resolution, downscaled so the longer side is <= ``max_side``; None: native).
+    ``images``: a tensor [N, 3, H, W] in [0, 1] (measured as given), or paths, measured on
+    their ``size`` x ``size`` centre crop (shorter side resized, bicubic; None: native size).
     """
-    from karl.data.images import load_image
+    from karl.data.images import load_image, preprocess
 
-    rows = []
     if isinstance(images, Tensor):
         assert images.ndim == 4 and images.shape[1] == 3, f"expected [N, 3, H, W], got {tuple(images.shape)}"
-        arrays = (images.float().clamp(0, 1).mul(255).round().byte().permute(0, 2, 3, 1).cpu().numpy())
-        it = iter(arrays)
+        it = (_to_uint8(x) for x in images.detach().float().cpu())
     else:
-        it = (np.asarray(load_image(p, max_side=max_side)) for p in images)
-    for rgb in progress(it, total=len(images), desc="proxies", enabled=show_progress):
-        rows.append(_proxy_row(np.ascontiguousarray(rgb)))
+        it = (np.asarray(load_image(p)) if size is None else _to_uint8(preprocess(load_image(p), size))
+              for p in images)
+    rows = [_proxy_row(np.ascontiguousarray(rgb))
+            for rgb in progress(it, total=len(images), desc="proxies", enabled=show_progress)]
     return pd.DataFrame(rows, columns=list(PROXIES), dtype=np.float64)
+
+
+def _load_batch(paths: Sequence[str], model_size: int | None, proxy_size: int | None
+                ) -> tuple[list[int], Tensor | None, list[np.ndarray], list[str]]:
+    """Decode a few images -> (ok positions, model inputs [n, 3, S, S], proxy crops, errors)."""
+    from karl.data.images import ImageLoadError, load_image, preprocess
+
+    ok, inputs, crops, errors = [], [], [], []
+    for i, p in enumerate(paths):
+        try:
+            img = load_image(p)
+        except ImageLoadError as err:
+            errors.append(str(err))
+            continue
+        ok.append(i)
+        if model_size is not None:
+            inputs.append(preprocess(img, model_size))
+        crops.append(np.asarray(img) if proxy_size is None else _to_uint8(preprocess(img, proxy_size)))
+    return ok, (torch.stack(inputs) if inputs else None), crops, errors
+
+
+def compute_human_measures(model, df: pd.DataFrame, epsilon: float = 0.05,
+                           epsilons: Sequence[float] = DEFAULT_EPSILONS, proxy_size: int | None = PROXY_SIZE,
+                           batch_size: int = 32, show_progress: bool = True,
+                           on_progress: Callable[[int, int], None] | None = None) -> pd.DataFrame:
+    """Complexity measures of every image of ``df`` (columns ``path``, ...), streamed.
+
+    Images are decoded ``batch_size`` at a time; only per-image numbers are kept, so memory
+    does not grow with the data set. Adds the columns ``kc_hat``, ``continuous_kc`` (at
+    ``epsilon``), ``kc_hat@<e>`` for each of ``epsilons`` and the :data:`PROXIES`; with
+    ``model=None`` only the proxies. The model sees each image at ``model.image_size``
+    (shorter side resized, centre crop); the proxies use the ``proxy_size`` centre crop.
+    Unreadable images are dropped and listed in one warning and in ``attrs["notes"]``.
+    ``on_progress(done, total)`` is called after each batch (the app's progress bar).
+    """
+    assert batch_size >= 1, f"batch_size must be >= 1, got {batch_size}"
+    eps_all = list(dict.fromkeys([float(epsilon), *map(float, epsilons)]))
+    size = int(model.image_size) if model is not None else None
+    paths = [str(p) for p in df["path"]]
+    n = len(paths)
+    kc = np.zeros((n, len(eps_all)), np.int64)
+    ckc, px = np.zeros(n), np.full((n, len(PROXIES)), np.nan)
+    good, errors = np.zeros(n, bool), []
+    bar = None
+    if show_progress:
+        from tqdm.auto import tqdm
+        bar = tqdm(total=n, desc="human complexity", unit="img")
+    for start in range(0, n, batch_size):
+        ok, x, crops, errs = _load_batch(paths[start:start + batch_size], size, proxy_size)
+        rows = np.asarray(ok, dtype=np.int64) + start
+        errors += errs
+        good[rows] = True
+        if x is not None:
+            probs, keep = encode_many(model, x, eps_all, batch_size=max(batch_size, len(eps_all)))
+            kc[rows] = keep.sum(-1)
+            ckc[rows] = (1.0 - probs[:, 0]).sum(-1)
+        for r, rgb in zip(rows, crops):
+            px[r] = _proxy_row(np.ascontiguousarray(rgb))
+        del x, crops  # the next batch replaces them: peak memory is one batch
+        done = min(n, start + batch_size)
+        if bar is not None:
+            bar.update(done - bar.n)
+        if on_progress is not None:
+            on_progress(done, n)
+    if bar is not None:
+        bar.close()
+    out = df.reset_index(drop=True).copy()
+    if model is not None:
+        out["kc_hat"], out["continuous_kc"] = kc[:, 0], ckc
+        for e in sorted(map(float, epsilons)):
+            out[f"kc_hat@{e:g}"] = kc[:, eps_all.index(e)]
+    for j, c in enumerate(PROXIES):
+        out[c] = px[:, j]
+    if n and not good.any():
+        from karl.data.images import ImageLoadError
+        raise ImageLoadError(f"none of the {n} images could be read: " + "; ".join(errors[:3]))
+    out = out[good].reset_index(drop=True)
+    notes = list(df.attrs.get("notes", []))
+    if errors:
+        msg = f"{len(errors)} unreadable images were skipped: " + "; ".join(errors[:10])
+        warnings.warn(msg, UserWarning, stacklevel=2)
+        notes.append(msg)
+    out.attrs = {**df.attrs, "notes": notes, "model_input": size, "proxy_size": proxy_size,
+                 "epsilon": float(epsilon), "epsilons": [float(e) for e in epsilons]}
+    return out
 
 
 # ----------------------------------------------------------------------------- correlations
@@ -278,26 +295,78 @@ def correlation_with_ci(x: np.ndarray, y: np.ndarray, n_boot: int = 1000, ci: fl
     return out
 
 
+def _undefined_note(x: np.ndarray, y: np.ndarray) -> str:
+    """Why a correlation is undefined ('' when it is defined)."""
+    ok = np.isfinite(x) & np.isfinite(y)
+    x, y = x[ok], y[ok]
+    if len(x) < 3:
+        return f"too few images ({len(x)})"
+    if np.ptp(x) == 0:
+        return f"constant ({x[0]:g})"
+    if np.ptp(y) == 0:
+        return "constant human score"
+    return ""
+
+
+def human_measures(df: pd.DataFrame) -> list[str]:
+    """The measure columns of ``df`` in report order: kc_hat, continuous_kc, proxies, kc_hat@e."""
+    base = [m for m in ("kc_hat", "continuous_kc", *PROXIES) if m in df.columns]
+    return base + [c for c in df.columns if str(c).startswith("kc_hat@")]
+
+
 def compute_human_correlations(df: pd.DataFrame, measures: Sequence[str] | None = None,
                                score_col: str = "human_score", group_col: str = "category",
                                n_boot: int = 1000, ci: float = 0.95, seed: int = 0) -> pd.DataFrame:
     """Per category and measure: Spearman / Pearson r with the human score and bootstrap CIs.
 
-    ``measures`` default: those of kc_hat, continuous_kc, jpeg_bpp, png_bpp, edge_density
-    present in ``df``. A constant measure (e.g. every image at the full budget) gives NaN.
-    Returns columns category, measure, n, spearman, spearman_low, spearman_high, spearman_p,
-    pearson, pearson_low, pearson_high, pearson_p.
+    ``measures`` default: :func:`human_measures` of ``df``. Returns columns category,
+    measure, n, spearman, spearman_low, spearman_high, spearman_p, pearson, pearson_low,
+    pearson_high, pearson_p, note. Where r is undefined it is NaN and ``note`` says why,
+    e.g. ``"constant (32)"`` when every image of the category got 32 tokens.
     """
-    measures = list(measures) if measures is not None else [
-        m for m in ("kc_hat", "continuous_kc", *PROXIES) if m in df.columns]
+    measures = list(measures) if measures is not None else human_measures(df)
     assert measures, "no complexity measure columns in the frame"
     groups = df.groupby(group_col, sort=False) if group_col in df.columns else [("all", df)]
     rows = []
     for cat, g in groups:
+        y = g[score_col].to_numpy(dtype=np.float64)
         for m in measures:
-            r = correlation_with_ci(g[m].to_numpy(), g[score_col].to_numpy(), n_boot, ci, seed)
-            rows.append({"category": cat, "measure": m, **r})
+            x = g[m].to_numpy(dtype=np.float64)
+            r = correlation_with_ci(x, y, n_boot, ci, seed)
+            rows.append({"category": cat, "measure": m, **r, "note": _undefined_note(x, y)})
     return pd.DataFrame(rows)
+
+
+def _cell(row: pd.Series, method: str) -> str:
+    r = row[method]
+    if not np.isfinite(r):
+        return row["note"] or "n/a"
+    lo, hi = row[f"{method}_low"], row[f"{method}_high"]
+    return f"{r:.2f} [{lo:.2f}, {hi:.2f}]" if np.isfinite(lo) else f"{r:.2f}"
+
+
+def correlation_table(corr: pd.DataFrame, method: str = "spearman") -> pd.DataFrame:
+    """Readable pivot of :func:`compute_human_correlations`: a row per category, a column per
+    measure, cells ``"r [low, high]"``, or the reason r is undefined (``"constant (32)"``)."""
+    if method not in ("spearman", "pearson"):
+        raise ValueError(f"method must be 'spearman' or 'pearson', got {method!r}")
+    cells = corr.assign(cell=corr.apply(_cell, axis=1, method=method),
+                        label=corr["measure"].map(measure_label))
+    table = cells.pivot(index="category", columns="label", values="cell")
+    table = table.loc[list(dict.fromkeys(corr["category"])),
+                      [measure_label(m) for m in dict.fromkeys(corr["measure"])]]
+    n = corr.groupby("category", sort=False)["n"].max()
+    table.insert(0, "n", n.loc[table.index].to_numpy())
+    return table.reset_index().rename_axis(columns=None)
+
+
+def kc_by_epsilon(df: pd.DataFrame) -> pd.DataFrame:
+    """Mean KC-hat per category (rows) at each reported epsilon (columns ``kc_hat@<e>``)."""
+    cols = [c for c in df.columns if str(c).startswith("kc_hat@")]
+    assert cols, "no kc_hat@<epsilon> columns (see compute_human_measures)"
+    table = df.groupby("category", sort=False)[cols].mean()
+    table.columns = [f"mean KC-hat @ {c.split('@')[1]}" for c in cols]
+    return table.reset_index()
 
 
 # ----------------------------------------------------------------------------- figures
@@ -338,7 +407,7 @@ def plot_human_heatmap(df: pd.DataFrame, kc_col: str = "kc_hat", score_col: str 
         z=share, x=cols, y=rows, zmin=0, zmax=1, colorscale="Blues", colorbar_title="share of row",
         text=counts, texttemplate="%{text}",
         hovertemplate="human %{y}<br>KC %{x}<br>share %{z:.2f}<br>%{text} images<extra></extra>"))
-    label = MEASURE_LABELS.get(kc_col, kc_col)
+    label = measure_label(kc_col)
     fig.update_layout(title=f"Human complexity vs {label} ({category or 'all categories'}, n = {len(df)})",
                       xaxis_title=f"{label} bucket (tokens)", yaxis_title="human score bucket",
                       xaxis_type="category", yaxis_type="category", template="plotly_white")
@@ -357,7 +426,7 @@ def plot_human_correlations(corr: pd.DataFrame, method: str = "spearman"):
         c = corr[corr["measure"] == m]
         r = c[method].to_numpy(dtype=float)
         fig.add_trace(go.Bar(
-            x=c["category"].astype(str), y=r, name=MEASURE_LABELS.get(m, m),
+            x=c["category"].astype(str), y=r, name=measure_label(m),
             marker_color=PALETTE[i % len(PALETTE)],
             error_y=dict(type="data", symmetric=False, array=c[f"{method}_high"].to_numpy(float) - r,
                          arrayminus=r - c[f"{method}_low"].to_numpy(float)),
@@ -366,3 +435,30 @@ def plot_human_correlations(corr: pd.DataFrame, method: str = "spearman"):
                       "(error bars: bootstrap CI)", yaxis_title=f"{method} r", yaxis_range=[-1, 1],
                       template="plotly_white", legend_orientation="h", legend_y=-0.2)
     return fig
+
+
+# ----------------------------------------------------------------------------- one call for the report and the app
+
+def run_human_analysis(model, df: pd.DataFrame, epsilon: float = 0.05,
+                       epsilons: Sequence[float] = DEFAULT_EPSILONS, proxy_size: int | None = PROXY_SIZE,
+                       n_boot: int = 1000, seed: int = 0, batch_size: int = 32, show_progress: bool = True,
+                       on_progress: Callable[[int, int], None] | None = None
+                       ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Measures (streamed; skipped when ``df`` already has them) and per-category correlations.
+
+    Returns (per-image frame, :func:`compute_human_correlations` frame).
+    """
+    if not {"kc_hat", "continuous_kc", *PROXIES} <= set(df.columns):
+        df = compute_human_measures(model, df, epsilon, epsilons, proxy_size, batch_size,
+                                    show_progress, on_progress)
+    return df, compute_human_correlations(df, n_boot=n_boot, seed=seed)
+
+
+def input_size_note(df: pd.DataFrame) -> str:
+    """One sentence: at which size the model and the proxies saw the images."""
+    size, crop = df.attrs.get("model_input"), df.attrs.get("proxy_size", PROXY_SIZE)
+    model_part = (f"the model saw every image at {size} x {size} pixels (shorter side resized, "
+                  "bicubic, then centre crop)" if size else "the model input size was not recorded")
+    crop_part = (f"the classic proxies were measured on the {crop} x {crop} centre crop"
+                 if crop else "the classic proxies were measured on the original images")
+    return f"Input size: {model_part}; {crop_part}."

@@ -26,13 +26,12 @@ import torch
 from torch import Tensor
 
 from analysis import (compute_delta, compute_description_length, compute_gallery, compute_halting,
-                      compute_human_correlations, compute_kc_curve, compute_model_complexity,
-                      compute_token_sweep, gallery_html, plot_description_length, plot_halting,
+                      compute_kc_curve, compute_token_sweep, gallery_html, plot_description_length, plot_halting,
                       plot_halting_heatmap, plot_human_correlations, plot_human_heatmap, plot_kc_curve,
                       plot_kc_vs_delta, plot_token_sweep, standard_probe_images)
 from analysis._common import check_images
 from analysis.gallery import _thumb_uri
-from analysis.human import classic_proxies, load_human, subsample_per_category
+from analysis.human import DEFAULT_EPSILONS, PROXY_SIZE, load_human, subsample_per_category
 
 CORPUS_DIR = Path("data_cache/corpus")
 BUNDLED_CHECKPOINT = Path("assets/checkpoints/karl_cpu")
@@ -178,28 +177,34 @@ def _page(title: str, body: str) -> str:
 
 # ----------------------------------------------------------------------------- the report
 
-def _human_frame(model, human_df: pd.DataFrame, epsilon: float, batch_size: int) -> pd.DataFrame:
-    """Add kc_hat, continuous_kc and the classic proxies to a frame of (path, category, human_score)."""
-    from analysis.human import PROXIES
+def _human_section(model, human_df: pd.DataFrame, save, out_dir: Path, *, epsilon: float,
+                   epsilons: Sequence[float], proxy_size: int | None, n_boot: int, seed: int,
+                   batch_size: int, k_max: int, bucket_size: int) -> list[str]:
+    """HTML parts of section 5: measures streamed over the data set, correlations per category."""
+    from analysis.human import (correlation_table, input_size_note, kc_by_epsilon,
+                                run_human_analysis)
 
-    df = human_df.reset_index(drop=True).copy()
-    if "kc_hat" not in df.columns or "continuous_kc" not in df.columns:
-        images, _ = _load_paths(df["path"], model.image_size)
-        kc = compute_model_complexity(model, images, epsilon, batch_size, show_progress=True)
-        df["kc_hat"], df["continuous_kc"] = kc["kc_hat"].to_numpy(), kc["continuous_kc"].to_numpy()
-    if not set(PROXIES) <= set(df.columns):
-        px = classic_proxies(list(df["path"]), show_progress=True)
-        for c in PROXIES:
-            df[c] = px[c].to_numpy()
-    return df
-
-
-def _load_paths(paths: Sequence[str], size: int) -> tuple[Tensor, list[str]]:
-    from karl.data.images import load_image, preprocess
-    from analysis._common import progress
-
-    imgs = [preprocess(load_image(p), size) for p in progress(list(paths), desc="load", total=len(paths))]
-    return torch.stack(imgs), [str(p) for p in paths]
+    hdf, corr = run_human_analysis(model, human_df, epsilon, epsilons, proxy_size, n_boot, seed,
+                                   batch_size)
+    by_eps = kc_by_epsilon(hdf)
+    paths = [save(hdf, "human_scores.csv"), save(corr, "human_correlations.csv"),
+             save(by_eps, "human_kc_by_epsilon.csv")]
+    notes = "".join(f"<li>{html.escape(n)}</li>" for n in hdf.attrs.get("notes", []))
+    per_cat = "".join(_fig_html(plot_human_heatmap(hdf, max_tokens=k_max, kc_bucket=bucket_size,
+                                                   category=c)) for c in hdf["category"].unique())
+    return [f"<p>{len(hdf)} images in {hdf['category'].nunique()} categories. Correlations are "
+            f"within a category (scores are rescaled per category), with 95% bootstrap CIs "
+            f"({n_boot} resamples); KC-hat and sum(1 - p) at epsilon {epsilon:g}.</p>",
+            f"<p class='note'>{html.escape(input_size_note(hdf))}</p>",
+            f"<ul class='note'>{notes}</ul>" if notes else "",
+            "<h3>Spearman r with the human score [95% CI]</h3>", _table(correlation_table(corr, "spearman")),
+            "<h3>Pearson r with the human score [95% CI]</h3>", _table(correlation_table(corr, "pearson")),
+            _fig_html(plot_human_correlations(corr, "spearman")),
+            "<h3>The paper's comparison: human score vs KC-hat bucket</h3>",
+            _fig_html(plot_human_heatmap(hdf, max_tokens=k_max, kc_bucket=bucket_size)),
+            _details("Heatmap per category", per_cat),
+            "<h3>Mean KC-hat per category at several epsilons</h3>", _table(by_eps),
+            _details("All correlations (with p-values)", _table(corr, 200)), _csv_note(paths, out_dir)]
 
 
 def build_report(model, images: Tensor, names: Sequence[str], out_html: str | Path,
@@ -207,13 +212,15 @@ def build_report(model, images: Tensor, names: Sequence[str], out_html: str | Pa
                  csv_dir: str | Path | None = None, n_per_family: int = 6, seed: int = 0,
                  n_boot: int = 1000, bucket_size: int | None = None, batch_size: int = 64,
                  title: str = "KARL complexity report", model_desc: str = "",
-                 data_desc: str = "") -> Path:
+                 data_desc: str = "", human_epsilons: Sequence[float] = DEFAULT_EPSILONS,
+                 proxy_size: int | None = PROXY_SIZE) -> Path:
     """Run every analysis on ``images`` [N, 3, S, S] (S = model.image_size) and write the report.
 
     Args:
         human_df: optional human scores, DataFrame(path, category, human_score) as returned
-            by :func:`analysis.human.load_savoias` / ``load_scores_csv``; KC-hat and the classic
-            proxies are computed here when the frame lacks them.
+            by :func:`analysis.human.load_savoias` / ``load_scores_csv``; KC-hat (also at
+            ``human_epsilons``) and the classic proxies (on the ``proxy_size`` centre crop)
+            are computed here, streamed in batches, when the frame lacks them.
         csv_dir: where the CSVs go (default: ``<out stem>_data/`` next to the HTML).
         bucket_size: KC-hat bucket width of the gallery and the heatmap (default max_tokens / 8).
 
@@ -316,17 +323,10 @@ def build_report(model, images: Tensor, names: Sequence[str], out_html: str | Pa
 
     # 5. Human complexity.
     if human_df is not None and len(human_df):
-        hdf = _human_frame(model, human_df, epsilon, batch_size)
-        corr = compute_human_correlations(hdf, n_boot=n_boot, seed=seed)
-        p_scores, p_corr = save(hdf, "human_scores.csv"), save(corr, "human_correlations.csv")
-        per_cat = "".join(_fig_html(plot_human_heatmap(hdf, max_tokens=k_max, kc_bucket=bucket_size,
-                                                       category=c)) for c in hdf["category"].unique())
-        section("human", f"<p>{len(hdf)} images in {hdf['category'].nunique()} categories; correlations "
-                f"are within a category, 95% bootstrap CIs ({n_boot} resamples).</p>",
-                _fig_html(plot_human_correlations(corr, "spearman")),
-                _fig_html(plot_human_correlations(corr, "pearson")), _table(corr, 60),
-                _fig_html(plot_human_heatmap(hdf, max_tokens=k_max, kc_bucket=bucket_size)),
-                _details("Heatmap per category", per_cat), _csv_note([p_scores, p_corr], out_dir))
+        section("human", *_human_section(
+            model, human_df, save, out_dir, epsilon=epsilon, epsilons=human_epsilons,
+            proxy_size=proxy_size, n_boot=n_boot, seed=seed, batch_size=batch_size, k_max=k_max,
+            bucket_size=bucket_size))
     else:
         section("human", "<p class='note'>No human scores given. Pass <code>--human PATH</code> "
                 "(the Savoias folder or a CSV of scores) to correlate KC-hat with human "
@@ -376,6 +376,13 @@ def _tokens_section(model, image: Tensor, name: str, epsilon: float, save, out_d
 
 # ----------------------------------------------------------------------------- CLI
 
+def _float_list(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(t) for t in text.split(",") if t.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected numbers separated by commas, got {text!r}") from None
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m analysis.report", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -391,6 +398,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--human-images", help="image root for the paths of a --human CSV (default: its folder)")
     ap.add_argument("--max-human-images", type=int, default=None,
                     help="at most this many images per human category (seeded subset)")
+    ap.add_argument("--human-strict", action="store_true",
+                    help="stop when a Savoias image is missing (default: skip it, with one warning)")
+    ap.add_argument("--human-epsilons", type=_float_list, default=DEFAULT_EPSILONS,
+                    help="epsilons at which KC-hat is also reported for the human scores "
+                    f"(default {','.join(f'{e:g}' for e in DEFAULT_EPSILONS)})")
+    ap.add_argument("--proxy-size", type=int, default=PROXY_SIZE,
+                    help=f"centre-crop side of the classic proxies (default {PROXY_SIZE}; 0: original images)")
     ap.add_argument("--out", default="report.html")
     ap.add_argument("--csv-dir", help="where the CSVs go (default: <out stem>_data/)")
     ap.add_argument("--epsilon", type=float, default=0.05)
@@ -401,17 +415,22 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = ap.parse_args(argv)
 
-    model, model_desc = load_model(args.checkpoint, args.preset, args.trust_official, args.device)
-    images, names, data_desc = load_data(args.data, model.image_size, args.max_images, args.seed)
     human_df = None
-    if args.human:
-        human_df = load_human(args.human, args.human_images)
+    if args.human:  # first: a wrong folder fails before anything slow runs
+        try:
+            human_df = load_human(args.human, args.human_images, strict=args.human_strict)
+        except (FileNotFoundError, ValueError) as err:  # not Savoias, missing images (strict), bad CSV
+            print(f"analysis.report: error: {err}", file=sys.stderr)
+            return 2
         if args.max_human_images:
             human_df = subsample_per_category(human_df, args.max_human_images, args.seed)
+    model, model_desc = load_model(args.checkpoint, args.preset, args.trust_official, args.device)
+    images, names, data_desc = load_data(args.data, model.image_size, args.max_images, args.seed)
     out = build_report(model, images, names, args.out, human_df, epsilon=args.epsilon,
                        csv_dir=args.csv_dir, n_per_family=args.n_per_family, seed=args.seed,
                        n_boot=args.bootstrap, batch_size=args.batch_size, model_desc=model_desc,
-                       data_desc=data_desc)
+                       data_desc=data_desc, human_epsilons=args.human_epsilons,
+                       proxy_size=args.proxy_size or None)
     print(f"wrote {out} (CSVs in {Path(args.csv_dir) if args.csv_dir else out.parent / (out.stem + '_data')})")
     return 0
 

@@ -438,6 +438,8 @@ def build_demo(model, examples_dir: str | Path | None = EXAMPLES_DIR, banner: st
             a_report.click(lambda s, f, e, progress=gr.Progress(): report_view(model, s, f, e, card_text, progress),
                            inputs=[a_source, a_files, a_eps], outputs=[a_file, a_status],
                            api_visibility="private", **run_model)
+            from app.human import build_human_panel  # issue 14: KC-hat vs Savoias human scores
+            build_human_panel(model, run_model)
 
         from app.tokens_tab import build_tokens_tab  # issue 17: what each token encodes
         build_tokens_tab(model, run_model, examples)

@@ -43,15 +43,16 @@ def _write_png(path: Path, seed: int, size: int = 40, flat: bool = False) -> Non
 
 @pytest.fixture
 def savoias_root(tmp_path):
-    """A mini Savoias: Scenes numbered from 1, Art from 0 with a gap (numeric, not lexicographic order)."""
+    """A mini Savoias: Scenes 0-3, Art 0-11 without 2 and 4-9 (numeric, not lexicographic order)."""
     root = tmp_path / "Savoias"
-    for cat, numbers in (("Scenes", [1, 2, 3, 4]), ("Art", [0, 1, 2, 10])):
+    for cat, numbers in (("Scenes", [0, 1, 2, 3]), ("Art", [0, 1, 3, 10, 11])):
         for j, n in enumerate(numbers):
             _write_png(root / "Images" / cat / f"{n}.png", seed=j, flat=j % 2 == 0)
     xlsx = root / "Ground truth" / "xlsx"
     xlsx.mkdir(parents=True)
     pd.DataFrame({"gt": [10.0, 80.0, 20.0, 90.0]}).to_excel(xlsx / "global_ranking_scenes.xlsx", index=False)
-    pd.DataFrame({"gt": [0.0, 100.0, 30.0, 60.0]}).to_excel(xlsx / "global_ranking_art.xlsx", index=False)
+    pd.DataFrame({"gt": [0.0, 100.0, 30.0, 60.0, *range(1, 7), 70.0, 80.0]}).to_excel(
+        xlsx / "global_ranking_art.xlsx", index=False)
     return root
 
 
@@ -131,21 +132,18 @@ def test_gallery_buckets_and_html(images):
 # ----------------------------------------------------------------------------- 5. human complexity
 
 def test_load_savoias_layout(savoias_root):
-    df = A.load_savoias(savoias_root)
+    with pytest.warns(UserWarning, match="7 of 16 images are missing"):
+        df = A.load_savoias(savoias_root)
     assert list(df.columns) == ["path", "category", "index", "human_score"]
-    assert len(df) == 8 and set(df.category) == {"Scenes", "Art"}
+    assert len(df) == 9 and set(df.category) == {"Scenes", "Art"}
     art = df[df.category == "Art"]
-    assert list(art["index"]) == [0, 1, 2, 10]  # numeric order
-    assert list(art.human_score) == [0.0, 100.0, 30.0, 60.0]
-    assert Path(art.path.iloc[-1]).name == "10.png"
-    assert list(df[df.category == "Scenes"]["index"]) == [1, 2, 3, 4]
-
-    (savoias_root / "Images" / "Art" / "11.png").write_bytes((savoias_root / "Images" / "Art" / "0.png").read_bytes())
-    with pytest.raises(ValueError, match="5 numbered images"):
-        A.load_savoias(savoias_root)
-    with pytest.warns(UserWarning):
-        assert len(A.load_savoias(savoias_root, strict=False)) == 8
-    with pytest.raises(FileNotFoundError):
+    assert list(art["index"]) == [0, 1, 3, 10, 11]  # numeric order; paired by number
+    assert list(art.human_score) == [0.0, 100.0, 60.0, 70.0, 80.0]
+    assert Path(art.path.iloc[-2]).name == "10.png"
+    assert list(df[df.category == "Scenes"]["index"]) == [0, 1, 2, 3]
+    with pytest.raises(ValueError, match="missing"):
+        A.load_savoias(savoias_root, strict=True)
+    with pytest.raises(ValueError, match="no Images/"):
         A.load_savoias(savoias_root / "Images")
 
 
