@@ -114,7 +114,16 @@ class TrainConfig:
     # Two-phase training (KARL_FACTS section 2)
     budget_step: int = 16           # EIC budgets: budget_step, 2*budget_step, ... budget_max
     budget_max: int = 368
+    budget_choices: tuple[int, ...] = ()  # explicit EIC budgets; empty: the budget_step range
     eic_max_epsilon: float = 0.04   # EIC conditions on bins <= this
+    # LTC halting labels: "paper" (halt the last max - T tokens, KARL_FACTS section 2) or
+    # "minimal" (halt after the shortest prefix of the LTC encoding that meets the condition;
+    # keep every token when no prefix does). See karl/train/phases.py.
+    halting_labels: str = "paper"
+    # Share of each LTC batch conditioned on a bin drawn uniformly from all bins instead of
+    # the bin the image achieved with T tokens ("minimal" only: it teaches unreachable -> keep).
+    ltc_free_condition_fraction: float = 0.0
+    label_prefix_grid: tuple[int, ...] = ()  # prefixes tried for "minimal"; empty: 1,2,3,4,6,8,12,...
     token_loss_weight: float = 1.0
     halt_loss_weight: float = 1.0
     quant_loss_weight: float = 1.0
@@ -138,6 +147,17 @@ class TrainConfig:
     base_from: str | None = None    # stage-0 run whose base tokenizer stage 1 uses
     num_workers: int = 0
     max_minutes: float | None = None  # stop (and checkpoint) after this wall time
+
+    def __post_init__(self) -> None:
+        if self.halting_labels not in ("paper", "minimal"):
+            raise ConfigError(f"train.halting_labels: {self.halting_labels!r} is not one of 'paper', 'minimal'")
+        if not 0.0 <= self.ltc_free_condition_fraction <= 1.0:
+            raise ConfigError("train.ltc_free_condition_fraction must lie in [0, 1]")
+        if self.ltc_free_condition_fraction > 0 and self.halting_labels == "paper":
+            raise ConfigError("train.ltc_free_condition_fraction needs train.halting_labels=minimal: the paper's "
+                              "labels are defined only for the bin an image achieved")
+        if any(b < 1 for b in self.budget_choices) or any(k < 1 for k in self.label_prefix_grid):
+            raise ConfigError("train.budget_choices and train.label_prefix_grid hold positive token counts")
 
 
 @dataclass(frozen=True)
