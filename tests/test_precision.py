@@ -87,3 +87,18 @@ def test_load_pretrained_precision(tmp_path, tiny_images):
     assert model.decode(model.encode(tiny_images)).dtype == torch.float32
     with pytest.raises(ValueError, match="precision 'half'"):
         load_pretrained(out, precision="half")
+
+
+def test_karl_eval_precision_recorded_and_not_mixed(tmp_path):
+    """--precision bf16 runs, is recorded, and a rerun at fp32 refuses to append to it."""
+    import json
+
+    from karl.evaluate import main
+    release = save_pretrained(build_model("tiny", seed=0), tmp_path / "m")
+    out = tmp_path / "res"
+    base = ["--checkpoint", str(release), "--data", "procedural:2", "--out", str(out), "--fixed", "4",
+            "--epsilon", "0.05", "--search", "none", "--lpips-net", "none", "--no-progress"]
+    assert main([*base, "--precision", "bf16"]) == 0
+    config = json.loads((out / "summary.json").read_text())["config"]
+    assert config["precision"] == "bf16" and config["near_threshold_tokens"] >= 0
+    assert main([*base, "--precision", "fp32"]) == 2            # fingerprint mismatch
