@@ -5,7 +5,19 @@ from __future__ import annotations
 import argparse
 import sys
 
-from karl.config import ConfigError, load_config
+from karl.config import PRESETS, ConfigError, TrainConfig, load_config
+
+
+def _random_base_warning(cfg, resuming: bool) -> str | None:
+    """Stage 1 on our conv autoencoder with no trained base distils a *random* autoencoder."""
+    tc = cfg.train
+    if tc.stage != 1 or resuming or tc.base_from or tc.init_from:
+        return None
+    if cfg.model.base.kind != "conv_ae" or cfg.model.base.checkpoint:
+        return None
+    return ("karl-train: warning: stage 1 without train.base_from distils the grid of a randomly "
+            "initialised conv autoencoder, so the tokens learn to reproduce noise features. Train "
+            "stage 0 first and pass train.base_from=<stage-0 out_dir>/release.")
 
 
 def train_main(argv: list[str] | None = None) -> int:
@@ -13,9 +25,11 @@ def train_main(argv: list[str] | None = None) -> int:
         prog="karl-train",
         description="Train KARL (stage 0: base autoencoder, 1: latent distillation, 2: pixel fine-tune).",
         epilog="Overrides: key=value pairs such as stage=1 train.lr=2e-4 data.path=/images. "
-               "Re-running the same command resumes from OUT_DIR/state.pt.")
+               f"Output goes to train.out_dir (default {TrainConfig.out_dir}); re-running the same "
+               "command resumes from OUT_DIR/state.pt.")
     p.add_argument("--config", help="experiment YAML (configs/*.yaml)")
-    p.add_argument("--preset", help="preset name when no YAML is given (tiny, cpu, small, small_vae)")
+    p.add_argument("--preset", choices=sorted(PRESETS), metavar="PRESET",
+                   help=f"preset when no YAML is given: {', '.join(PRESETS)} (default: small)")
     p.add_argument("--restart", action="store_true", help="ignore an existing state.pt in out_dir")
     p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda if available)")
     p.add_argument("overrides", nargs="*", help="key=value config overrides")
@@ -25,14 +39,22 @@ def train_main(argv: list[str] | None = None) -> int:
     except (ConfigError, FileNotFoundError) as e:
         print(f"karl-train: {e}", file=sys.stderr)
         return 2
+    from pathlib import Path
+
     from karl.runtime import tune_cpu_backends
-    from karl.train.loop import NonFiniteLossError, train
+    from karl.train.loop import DataSetError, NonFiniteLossError, ResumeError, train
+    warning = _random_base_warning(cfg, (Path(cfg.train.out_dir) / "state.pt").exists() and not args.restart)
+    if warning:
+        print(warning, file=sys.stderr)
     tune_cpu_backends(verbose=True)
     try:
         trainer = train(cfg, restart=args.restart, device=args.device)
     except NonFiniteLossError as e:
         print(f"karl-train: {e}", file=sys.stderr)
         return 3
+    except (ResumeError, DataSetError, FileNotFoundError) as e:  # the message says what to do
+        print(f"karl-train: {e}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("karl-train: interrupted; state saved, re-run the same command to resume", file=sys.stderr)
         return 130

@@ -561,3 +561,14 @@ def test_client_one_rule_for_out_of_range(client):
                                    (0.05, 0, "budget must be between 1 and 16")):
             with pytest.raises(AppError, match=match):
                 c.predict(flat, eps, budget, api_name=endpoint)
+
+
+def test_eval_accepts_the_safetensors_path_like_the_app(tmp_path):
+    from karl import build_model, save_pretrained
+    from karl.evaluate import EvalError, load_model
+
+    good = save_pretrained(build_model("tiny", seed=0), tmp_path / "good")
+    a, b = load_model(str(good / "model.safetensors")), load_model(str(good))
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+    with pytest.raises(EvalError, match="not a release directory"):
+        load_model(str(tmp_path / "missing.safetensors"))

@@ -238,3 +238,154 @@ def test_sigterm_saves_state_and_the_same_command_resumes(tmp_path):
     events = [json.loads(l) for l in log.read_text().splitlines()]
     assert [r["step"] for r in events if r.get("event") == "resume"] == [stopped]
     assert events[-1]["event"] == "end" and events[-1]["step"] == stopped + 2
+
+
+# ----------------------------------------------------------------------------- resume (issue 15)
+
+def _resume_cfg(out, *extra):
+    return _cfg(out, "stage=1", "train.max_steps=6", "train.batch_size=4", "train.log_every=1",
+                "train.ckpt_every=2", "data.source=synthetic", *extra)
+
+
+def _crash_at(monkeypatch, step, exc):
+    """Make Trainer.train_step raise ``exc`` when it is about to run ``step``."""
+    from karl.train.loop import Trainer
+    real = Trainer.train_step
+
+    def step_or_crash(self, images):
+        if self.step == step:
+            raise exc
+        return real(self, images)
+    monkeypatch.setattr(Trainer, "train_step", step_or_crash)
+
+
+def _weights(out):
+    from safetensors.torch import load_file
+    return load_file(str(out / "release" / "model.safetensors"))
+
+
+def test_resumed_run_equals_the_uninterrupted_run(tmp_path, monkeypatch):
+    """The data stream continues where it stopped: same batches, bitwise-equal weights."""
+    from karl.train.loop import train
+    train(_resume_cfg(tmp_path / "straight"), show_progress=False)
+    _crash_at(monkeypatch, 3, KeyboardInterrupt())      # Ctrl-C: saves at step 3, mid-interval
+    with pytest.raises(KeyboardInterrupt):
+        train(_resume_cfg(tmp_path / "resumed"), show_progress=False)
+    monkeypatch.undo()
+    assert torch.load(tmp_path / "resumed" / "state.pt", weights_only=True)["step"] == 3
+    train(_resume_cfg(tmp_path / "resumed"), show_progress=False)
+    a, b = _weights(tmp_path / "straight"), _weights(tmp_path / "resumed")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), "resumed run diverged"
+
+
+def test_resume_after_a_crash_does_not_repeat_log_steps(tmp_path, monkeypatch):
+    from karl.train.loop import train
+    out = tmp_path / "run"
+    _crash_at(monkeypatch, 5, RuntimeError("simulated crash"))   # 5 steps logged, last save at 4
+    with pytest.raises(RuntimeError, match="simulated"):
+        train(_resume_cfg(out), show_progress=False)
+    monkeypatch.undo()
+    with open(out / "log.jsonl", "a") as f:
+        f.write('{"step": 5, "loss": 0.1')      # a line cut by the kill
+    train(_resume_cfg(out), show_progress=False)
+    records = [json.loads(l) for l in (out / "log.jsonl").read_text().splitlines()]
+    steps = [r["step"] for r in records if "event" not in r]
+    assert steps == [1, 2, 3, 4, 5, 6], steps
+    resume = next(r for r in records if r.get("event") == "resume")
+    assert resume["step"] == 4 and resume["dropped_log_records"] == 2   # step 5 and the cut line
+
+
+def test_state_is_fsynced_before_the_rename(tmp_path, monkeypatch):
+    import karl.train.loop as loop
+    calls = []
+    real_fsync, real_replace = os.fsync, os.replace
+    monkeypatch.setattr(loop.os, "fsync", lambda fd: (calls.append(("fsync", os.readlink(f"/proc/self/fd/{fd}"))),
+                                                      real_fsync(fd)))
+    monkeypatch.setattr(loop.os, "replace", lambda a, b: (calls.append(("replace", str(a))), real_replace(a, b)))
+    trainer = loop.Trainer(_resume_cfg(tmp_path), show_progress=False)
+    trainer.save_state()
+    tmp = str(tmp_path / "state.pt.tmp")
+    assert calls.index(("fsync", tmp)) < calls.index(("replace", tmp)), calls
+    assert calls[-1] == ("fsync", str(tmp_path)), "the folder is synced after the rename"
+
+
+def _one_line_error(capsys, argv):
+    from karl.cli import train_main
+    assert train_main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    msg = [l for l in err if l.startswith("karl-train:") and "warning" not in l]
+    assert len(msg) == 1 and "Traceback" not in "\n".join(err), err
+    return msg[0]
+
+
+def test_resume_errors_say_what_is_wrong(tmp_path, capsys):
+    from karl.train.loop import Trainer
+    Trainer(_resume_cfg(tmp_path), show_progress=False).save_state()
+    good = (tmp_path / "state.pt").read_bytes()
+    base = ["stage=1", f"train.out_dir={tmp_path}", "data.source=synthetic", "train.max_steps=1"]
+    msg = _one_line_error(capsys, ["--preset", "cpu", *base])
+    assert "another model (preset 'tiny'" in msg and "width 32 vs 128" in msg and "--restart" in msg
+    msg = _one_line_error(capsys, ["--preset", "tiny", "model.width=48", *base])
+    assert "width 32 vs 48" in msg
+    msg = _one_line_error(capsys, ["--preset", "tiny", *base, "stage=2"])
+    assert "stage-1 run; this is stage 2" in msg
+    (tmp_path / "state.pt").write_bytes(b"")
+    assert "is empty (0 bytes)" in _one_line_error(capsys, ["--preset", "tiny", *base])
+    (tmp_path / "state.pt").write_bytes(good[: len(good) // 2])
+    assert "truncated or corrupt" in _one_line_error(capsys, ["--preset", "tiny", *base])
+
+
+def test_all_undecodable_folder_says_so(tmp_path, capsys):
+    from karl.train.loop import DataSetError, infinite_batches, DistInfo
+    from karl.data.datasets import ImageFolderDataset
+    from PIL import Image
+    import io
+    buf = io.BytesIO()
+    Image.new("RGB", (64, 64), (9, 9, 9)).save(buf, "PNG")
+    for i in range(3):   # a valid header, then nothing: passes the cheap check, fails to decode
+        (tmp_path / f"{i}.png").write_bytes(buf.getvalue()[:60])
+    ds = ImageFolderDataset(tmp_path, 16)
+    with pytest.raises(DataSetError, match=r"none of the 3 image files under .* can be decoded \(0.png: "):
+        next(infinite_batches(ds, 8, DistInfo()))
+    msg = _one_line_error(capsys, ["--preset", "tiny", "stage=0", f"train.out_dir={tmp_path / 'o'}",
+                                   "data.source=folder", f"data.path={tmp_path}", "train.lpips_weight=0"])
+    assert "none of the 3 image files" in msg
+
+
+def test_folder_stream_resumes_exactly(tmp_path):
+    """Map-style sets: batch k of a resumed stream equals batch k of an uninterrupted one,
+    random crops included, across epoch boundaries."""
+    from karl.train.loop import infinite_batches, DistInfo
+    from karl.data.datasets import ImageFolderDataset
+    from PIL import Image
+    import itertools
+    import numpy as np
+    rng = np.random.default_rng(0)
+    for i in range(10):
+        Image.fromarray(rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)).save(tmp_path / f"{i}.png")
+    ds = ImageFolderDataset(tmp_path, 16, seed=3)
+    straight = list(itertools.islice(infinite_batches(ds, 3, DistInfo(), seed=1), 8))  # 3 per epoch
+    for start in (2, 4, 7):
+        resumed = next(infinite_batches(ImageFolderDataset(tmp_path, 16, seed=3), 3, DistInfo(), seed=1,
+                                        start_batch=start))
+        assert torch.equal(resumed, straight[start]), start
+    assert not torch.equal(straight[0], straight[3]), "epochs reshuffle and re-crop"
+
+
+def test_help_lists_every_preset_and_the_default_out_dir(capsys):
+    from karl.cli import train_main
+    from karl.config import PRESETS
+    with pytest.raises(SystemExit):
+        train_main(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert all(name in text for name in PRESETS) and "gpu128" in text
+    assert "default runs/default" in text
+
+
+def test_stage1_from_a_random_base_warns(tmp_path):
+    from karl.cli import _random_base_warning
+    cfg = _cfg(tmp_path, "stage=1")
+    assert "randomly initialised conv autoencoder" in _random_base_warning(cfg, resuming=False)
+    assert _random_base_warning(cfg, resuming=True) is None
+    assert _random_base_warning(_cfg(tmp_path, "stage=1", f"train.base_from={tmp_path}"), False) is None
+    assert _random_base_warning(_cfg(tmp_path, "stage=0"), False) is None

@@ -15,8 +15,16 @@ mixed      corpus crops + procedural_fraction       the same mixture, fixed
 ========== ======================================= ===================================
 
 Map-style sets work with any sampler (``DistributedSampler`` shards them); the
-Iterable ones are endless random streams seeded by (seed, rank, worker), so shards
-never repeat each other. All work with ``DataLoader(num_workers=0)``.
+Iterable ones are endless random streams seeded by (seed, rank), so shards never repeat
+each other. All work with ``DataLoader(num_workers=0)``.
+
+Resuming a run continues its data exactly where it stopped. In the endless streams
+(:class:`ResumableStream`) item i of a rank's stream depends only on (seed, rank, i), and
+worker w of W produces global batches w, w + W, ... (the order in which ``DataLoader``
+collects them), so ``stream.resume_at(step, batch_size)`` makes batch ``step`` come next,
+for any number of workers. Folder and Hugging Face sets also take keys
+``(index, epoch, position)`` whose random crop depends only on those (see
+``karl.train.loop.infinite_batches``).
 """
 
 from __future__ import annotations
@@ -36,7 +44,7 @@ from karl.data.corpus import (MANIFEST, FixedCropDataset, RandomCropDataset, bui
 from karl.data.images import ImageLoadError, list_images, load_image, preprocess, random_resized_crop
 from karl.data.procedural import generate
 
-__all__ = ["build_dataset", "ProceduralDataset", "ProceduralEvalDataset", "MixedDataset", "ImageFolderDataset",
+__all__ = ["build_dataset", "ResumableStream", "ProceduralDataset", "ProceduralEvalDataset", "MixedDataset", "ImageFolderDataset",
            "HFImageDataset", "SOURCES", "DEFAULT_CORPUS"]
 
 SOURCES = ("synthetic", "folder", "hf", "corpus", "mixed")
@@ -56,19 +64,62 @@ def _seed_of(*keys: int) -> int:
     return int(np.random.SeedSequence(list(keys)).generate_state(1)[0] >> 1)
 
 
+def _rank() -> int:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank()
+    return 0
+
+
+def _keyed_rng(seed: int, *keys: int) -> np.random.Generator:
+    """A generator that depends only on (seed, rank, keys): the same draw after a resume."""
+    return np.random.default_rng(np.random.SeedSequence([seed, _rank(), *keys]))
+
+
+class ResumableStream(IterableDataset):
+    """An endless stream whose item i depends only on (seed, rank, i): resumable exactly.
+
+    Subclasses implement ``item(rng)``. Worker w of W (``DataLoader(num_workers=W)``)
+    makes global batches start + w, start + w + W, ...; the loader takes batches from its
+    workers in turn, so the sequence of batches is the same for any W, and after
+    :meth:`resume_at` it starts at batch ``start``.
+    """
+
+    seed: int = 0
+    _start_batch: int = 0
+    _batch_size: int = 1
+
+    def resume_at(self, batches_done: int, batch_size: int) -> "ResumableStream":
+        """Continue after ``batches_done`` batches of ``batch_size`` items (per rank)."""
+        if batches_done < 0 or batch_size < 1:
+            raise ValueError(f"resume_at({batches_done}, {batch_size}): need batches >= 0 and size >= 1")
+        self._start_batch, self._batch_size = int(batches_done), int(batch_size)
+        return self
+
+    def item(self, rng: np.random.Generator) -> Tensor:
+        raise NotImplementedError
+
+    def __iter__(self):
+        info = torch.utils.data.get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info else (0, 1)
+        b = self._batch_size
+        batch = self._start_batch + worker
+        while True:
+            for i in range(batch * b, (batch + 1) * b):
+                yield self.item(_keyed_rng(self.seed, i))
+            batch += workers
+
+
 # ----------------------------------------------------------------------------- procedural
 
-class ProceduralDataset(IterableDataset):
+class ProceduralDataset(ResumableStream):
     """Endless procedural images (all families, random complexity) -> [3, S, S]."""
 
     def __init__(self, image_size: int, seed: int = 0, families: tuple[str, ...] | None = None):
         self.image_size, self.seed, self.families = image_size, seed, families
 
-    def __iter__(self):
-        rng = np.random.default_rng(shard_seed(self.seed))
-        while True:
-            fam = None if not self.families else self.families[int(rng.integers(0, len(self.families)))]
-            yield generate(int(rng.integers(0, 2 ** 31)), self.image_size, fam).image
+    def item(self, rng: np.random.Generator) -> Tensor:
+        fam = None if not self.families else self.families[int(rng.integers(0, len(self.families)))]
+        return generate(int(rng.integers(0, 2 ** 31)), self.image_size, fam).image
 
 
 class ProceduralEvalDataset(Dataset):
@@ -86,22 +137,19 @@ class ProceduralEvalDataset(Dataset):
         return generate(_seed_of(self.seed, 1, index), self.image_size).image
 
 
-class MixedDataset(IterableDataset):
-    """Corpus crops with a share ``procedural_fraction`` of procedural images interleaved."""
+class MixedDataset(ResumableStream):
+    """Corpus crops with a share ``procedural_fraction`` of procedural images interleaved
+    (``procedural_fraction=0``: the corpus crops alone, as a resumable stream)."""
 
     def __init__(self, crops: RandomCropDataset, procedural_fraction: float, seed: int = 0):
         if not 0 <= procedural_fraction <= 1:
             raise ValueError(f"procedural_fraction must be in [0, 1], got {procedural_fraction}")
         self.crops, self.fraction, self.seed = crops, procedural_fraction, seed
 
-    def __iter__(self):
-        rng = np.random.default_rng(shard_seed(self.seed))
-        size = self.crops.image_size
-        while True:
-            if rng.random() < self.fraction:
-                yield generate(int(rng.integers(0, 2 ** 31)), size).image
-            else:
-                yield self.crops.crop(rng)
+    def item(self, rng: np.random.Generator) -> Tensor:
+        if self.fraction > 0 and rng.random() < self.fraction:
+            return generate(int(rng.integers(0, 2 ** 31)), self.crops.image_size).image
+        return self.crops.crop(rng)
 
 
 # ----------------------------------------------------------------------------- folders
@@ -128,6 +176,8 @@ class ImageFolderDataset(Dataset):
     (also with a warning).
     """
 
+    accepts_draw_keys = True  # __getitem__((index, epoch, position)): a crop that survives a resume
+
     def __init__(self, root: str | Path, image_size: int, train: bool = True, min_scale: float = 0.15,
                  seed: int = 0, check_files: bool = True):
         self.root = Path(root)
@@ -143,7 +193,7 @@ class ImageFolderDataset(Dataset):
         self.files = [f for f in files if f not in set(bad)]
         if not self.files:
             raise FileNotFoundError(f"none of the {len(files)} image files under {self.root} can be read")
-        self.image_size, self.train, self.min_scale = image_size, train, min_scale
+        self.image_size, self.train, self.min_scale, self.seed = image_size, train, min_scale, seed
         self._rng = _PerWorkerRng(seed)
 
     def __len__(self) -> int:
@@ -158,11 +208,34 @@ class ImageFolderDataset(Dataset):
                 warnings.warn(f"skipping unreadable image: {err}", stacklevel=3)
         raise RuntimeError(f"no readable image under {self.root}")
 
-    def __getitem__(self, index: int) -> Tensor:
+    def __getitem__(self, index: int | tuple[int, int, int]) -> Tensor:
+        index, rng = _split_key(index, self.seed, self._rng)
         img = self._load(index)
         if self.train:
-            return random_resized_crop(img, self.image_size, self._rng(), self.min_scale)
+            return random_resized_crop(img, self.image_size, rng(), self.min_scale)
         return preprocess(img, self.image_size)
+
+    def undecodable(self, limit: int | None = None) -> list[tuple[Path, str]]:
+        """Fully decode the first ``limit`` files (all by default) -> [(file, why it fails)].
+
+        The constructor only reads headers (cheap on a big folder); a set too small to train
+        on is checked this way so that its error can say the images do not decode.
+        """
+        bad = []
+        for f in self.files[:limit]:
+            try:
+                load_image(f)
+            except ImageLoadError as err:
+                bad.append((f, str(err).replace(str(f), "").lstrip(": ")))
+        return bad
+
+
+def _split_key(key, seed: int, fallback: "_PerWorkerRng"):
+    """``index`` or ``(index, epoch, position)`` -> (index, function giving the crop's rng)."""
+    if isinstance(key, (tuple, list)):
+        index, epoch, position = (int(k) for k in key)
+        return index, lambda: _keyed_rng(seed, epoch, position)
+    return int(key), fallback
 
 
 def _readable_header(path: Path) -> bool:
@@ -177,6 +250,8 @@ def _readable_header(path: Path) -> bool:
 
 class HFImageDataset(Dataset):
     """A Hugging Face ``datasets`` split (hub name or an ``imagefolder`` directory)."""
+
+    accepts_draw_keys = True
 
     def __init__(self, image_size: int, hf_name: str | None = None, hf_split: str = "train",
                  image_key: str = "image", data_dir: str | None = None, train: bool = True,
@@ -204,15 +279,16 @@ class HFImageDataset(Dataset):
             raise KeyError(f"{name} has no column {image_key!r} (columns: {self.ds.column_names}); "
                            "set data.hf_image_key")
         self.image_key, self.image_size, self.train, self.min_scale = image_key, image_size, train, min_scale
-        self._rng = _PerWorkerRng(seed)
+        self.seed, self._rng = seed, _PerWorkerRng(seed)
 
     def __len__(self) -> int:
         return len(self.ds)
 
-    def __getitem__(self, index: int) -> Tensor:
-        img = load_image(self.ds[int(index)][self.image_key])
+    def __getitem__(self, index: int | tuple[int, int, int]) -> Tensor:
+        index, rng = _split_key(index, self.seed, self._rng)
+        img = load_image(self.ds[index][self.image_key])
         if self.train:
-            return random_resized_crop(img, self.image_size, self._rng(), self.min_scale)
+            return random_resized_crop(img, self.image_size, rng(), self.min_scale)
         return preprocess(img, self.image_size)
 
 
@@ -257,7 +333,7 @@ def build_dataset(data_cfg, image_size: int, split: str = "train") -> Dataset:
         frac = float(data_cfg.procedural_fraction) if source == "mixed" else 0.0
         if train:
             crops = RandomCropDataset(root, image_size, entries_train, data_cfg.min_crop_scale, seed)
-            return MixedDataset(crops, frac, seed) if frac > 0 else crops
+            return MixedDataset(crops, frac, seed)  # a resumable stream, with or without procedural
         if not entries_hold:
             warnings.warn("data.holdout_fraction is 0: evaluating on crops of the training photos", stacklevel=2)
             entries_hold = entries_train

@@ -65,6 +65,10 @@ def _open(src: ImageSource) -> tuple[Image.Image, str]:
         raise ImageLoadError(f"{name}: cannot open image ({err})") from None
 
 
+def _megapixels(n: int) -> str:
+    return f"{n / 1e6:.0f} MP" if n >= 1e6 else f"{n:,} pixels"
+
+
 def _to_rgb(img: Image.Image) -> Image.Image:
     """Any PIL mode -> RGB. Alpha is composited on white; 16-bit and float are rescaled."""
     mode = img.mode
@@ -101,8 +105,9 @@ def load_image(src: ImageSource, max_side: int | None = None, max_pixels: int = 
     img, name = _open(src)
     w, h = img.size
     if w * h > max_pixels:
-        raise ImageLoadError(f"{name}: {w}x{h} = {w * h / 1e6:.0f} MP exceeds the limit of "
-                             f"{max_pixels / 1e6:.0f} MP (pass max_pixels= to allow it)")
+        # No "pass max_pixels=" hint: this message reaches app users, who cannot pass it.
+        raise ImageLoadError(f"{name}: {w}x{h} = {_megapixels(w * h)} exceeds the limit of "
+                             f"{_megapixels(max_pixels)} (a guard against decompression bombs)")
     if w == 0 or h == 0:
         raise ImageLoadError(f"{name}: image has zero size {w}x{h}")
     try:

@@ -28,7 +28,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm.auto import tqdm
 
 from karl.api import save_pretrained
-from karl.checkpoint import atomic_torch_save, load_state, load_state_dict_strict, read_release
+from karl.checkpoint import CheckpointError, load_state, load_state_dict_strict, read_release
 from karl.config import ExperimentConfig, to_dict
 from karl.losses import (PatchDiscriminator, PixelLoss, gan_weight, hinge_d_loss, last_layer_weight,
                          pixel_recon_fn, token_recon_fn)
@@ -40,6 +40,14 @@ from karl.train.schedule import build_optimizer, lr_at, scaled_lr, set_lr
 
 class NonFiniteLossError(RuntimeError):
     """Training produced a NaN/inf loss; the last good checkpoint is kept untouched."""
+
+
+class DataSetError(ValueError):
+    """The training data cannot make one batch (too few images, or none that decode)."""
+
+
+class ResumeError(RuntimeError):
+    """``state.pt`` in out_dir cannot be resumed by this run; the message says why and what to do."""
 
 
 @dataclass
@@ -167,21 +175,46 @@ class Trainer:
         self.log({"event": "base_from", "path": str(p)})
 
     def _resume(self, path: Path) -> None:
-        state = load_state(path, self.device)
-        if state.get("stage") != self.tc.stage:
-            raise ValueError(f"{path} holds a stage-{state.get('stage')} run; this is stage {self.tc.stage}. "
-                             "Use another train.out_dir or --restart.")
-        self.model.load_state_dict(state["model"])
-        self.ema.load_state_dict(state["ema"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        if self.disc is not None and "disc" in state:
-            self.disc.load_state_dict(state["disc"])
-            self.disc_opt.load_state_dict(state["disc_optimizer"])
+        state = _read_state(path, self.device)
+        _check_same_run(state, self.cfg, path)
+        try:
+            self.model.load_state_dict(state["model"])
+            self.ema.load_state_dict(state["ema"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            if self.disc is not None and "disc" in state:
+                self.disc.load_state_dict(state["disc"])
+                self.disc_opt.load_state_dict(state["disc_optimizer"])
+        except (RuntimeError, ValueError, KeyError) as err:  # same config, different weights layout
+            first = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
+            raise ResumeError(f"{path} does not match this run's model ({first}). Use another "
+                              "train.out_dir, or --restart to start over.") from None
         if "scaler" in state:
             self.scaler.load_state_dict(state["scaler"])
         self.step = int(state["step"])
         torch.set_rng_state(state["rng"].cpu())
-        self.log({"event": "resume", "step": self.step})
+        dropped = self._trim_log(self.step)
+        self.log({"event": "resume", "step": self.step, "dropped_log_records": dropped})
+
+    def _trim_log(self, step: int) -> int:
+        """Drop the step records after ``step`` (written after the last save, about to be
+        repeated by this run) so ``log.jsonl`` holds each step once. Events are kept."""
+        log = self.out / "log.jsonl"
+        if not self.dist.is_main or not log.is_file():
+            return 0
+        kept, dropped = [], 0
+        for line in log.read_text().splitlines(keepends=True):
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:  # a line cut by the kill: drop it too
+                dropped += 1
+                continue
+            if "event" not in rec and isinstance(rec.get("step"), int) and rec["step"] > step:
+                dropped += 1
+            else:
+                kept.append(line if line.endswith("\n") else line + "\n")
+        if dropped:
+            _durable_write(log, "".join(kept).encode())
+        return dropped
 
     # ------------------------------------------------------------------ persistence
     def save_state(self) -> None:
@@ -196,7 +229,7 @@ class Trainer:
         if self.disc is not None:
             state["disc"] = self.disc.state_dict()
             state["disc_optimizer"] = self.disc_opt.state_dict()
-        atomic_torch_save(state, self.out / "state.pt")
+        _durable_save(state, self.out / "state.pt")
 
     def save_release(self) -> Path | None:
         """Write the EMA weights as a release dir (``out_dir/release``)."""
@@ -322,6 +355,87 @@ class Trainer:
         return bool(flag.item())
 
 
+def _fsync_dir(directory: Path) -> None:
+    """Make a rename in ``directory`` durable (POSIX); a no-op where directories cannot be opened."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _durable_write(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically: tmp file, fsync, rename, fsync of the folder."""
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def _durable_save(obj: Any, path: Path) -> None:
+    """``torch.save`` atomically and durably: the data reaches the disk before the rename, so
+    a power loss right after a save cannot leave an empty or partial ``state.pt``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with open(tmp, "wb") as f:
+        torch.save(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def _read_state(path: Path, device: torch.device) -> dict[str, Any]:
+    """``state.pt`` -> dict, or a ResumeError saying what is wrong with the file."""
+    size = path.stat().st_size
+    restart = "Pass --restart to start over (this replaces it), or use another train.out_dir."
+    if size == 0:
+        raise ResumeError(f"{path} is empty (0 bytes): the save that wrote it did not finish. {restart}")
+    try:
+        state = load_state(path, device)
+    except CheckpointError:
+        raise ResumeError(f"{path} cannot be read ({size:,} bytes): it is truncated or corrupt. "
+                          f"{restart}") from None
+    if not isinstance(state, dict) or not {"step", "model", "ema", "optimizer"} <= set(state):
+        raise ResumeError(f"{path} is not a karl-train state (no step, model, ema and optimizer). {restart}")
+    return state
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        out.update(_flatten(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
+def _check_same_run(state: dict[str, Any], cfg: ExperimentConfig, path: Path) -> None:
+    """Refuse a state written by another stage or another model, in one line."""
+    advice = "Use another train.out_dir, or --restart to start over."
+    if state.get("stage") != cfg.train.stage:
+        raise ResumeError(f"{path} holds a stage-{state.get('stage')} run; this is stage "
+                          f"{cfg.train.stage}. {advice}")
+    saved = (state.get("config") or {}).get("model")
+    if not isinstance(saved, dict):
+        return  # an older state without its config: the weights check below still applies
+    ours = _flatten(to_dict(cfg)["model"])
+    theirs = _flatten(saved)
+    diff = [k for k in ours if k in theirs and ours[k] != theirs[k]]
+    if diff:
+        shown = ", ".join(f"{k} {theirs[k]} vs {ours[k]}" for k in diff[:4])
+        more = f" and {len(diff) - 4} more" if len(diff) > 4 else ""
+        name = (state.get("config") or {}).get("preset")
+        raise ResumeError(f"{path} was written by another model (preset {name!r}; {shown}{more}); "
+                          f"this run uses preset {cfg.preset!r}. {advice}")
+
+
 def _sigterm_as_interrupt():
     """Treat SIGTERM (``kill``, job schedulers) like Ctrl-C so the run saves its state.
 
@@ -341,32 +455,68 @@ def _sigterm_as_interrupt():
 
 
 def infinite_batches(dataset, batch_size: int, dist_info: DistInfo, seed: int = 0,
-                     num_workers: int = 0) -> Iterator[Tensor]:
-    """Endless batches [B, 3, S, S]; map-style sets are sharded per rank and reshuffled per epoch."""
+                     num_workers: int = 0, start_batch: int = 0) -> Iterator[Tensor]:
+    """Endless batches [B, 3, S, S], starting after ``start_batch`` batches (a resumed run
+    continues its data stream instead of restarting it).
+
+    Iterable sets with ``resume_at`` (the procedural and corpus streams) jump straight to
+    batch ``start_batch``. Map-style sets are sharded per rank and reshuffled per epoch
+    from (seed, epoch), so the position is (epoch, offset) in that order; sets with
+    ``accepts_draw_keys`` get ``(index, epoch, position)`` keys whose random crop depends
+    only on the key, so the resumed batches equal the uninterrupted ones.
+    """
     from torch.utils.data import DataLoader, DistributedSampler, IterableDataset, RandomSampler
 
     def collate(items):
         return torch.stack([it if isinstance(it, Tensor) else it[0] for it in items])
 
     if isinstance(dataset, IterableDataset):
+        if hasattr(dataset, "resume_at"):
+            dataset.resume_at(start_batch, batch_size)
+        elif start_batch:
+            import warnings
+            warnings.warn(f"{type(dataset).__name__} cannot skip ahead: the resumed run restarts its "
+                          "data stream", stacklevel=2)
         loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers,
                             drop_last=True, collate_fn=collate)
         while True:
             yield from loader
     if len(dataset) < batch_size * dist_info.world_size:
-        raise ValueError(f"data set has {len(dataset)} images, fewer than one global batch "
-                         f"({batch_size} x {dist_info.world_size})")
-    epoch = 0
-    while True:
+        raise DataSetError(_too_small(dataset, batch_size, dist_info.world_size))
+
+    def order(epoch: int) -> list[int]:
         if dist_info.world_size > 1:
             sampler = DistributedSampler(dataset, dist_info.world_size, dist_info.rank, shuffle=True, seed=seed)
             sampler.set_epoch(epoch)
         else:
             sampler = RandomSampler(dataset, generator=torch.Generator().manual_seed(seed + epoch))
-        loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
-                            drop_last=True, collate_fn=collate)
+        return list(sampler)
+
+    per_epoch = len(order(0)) // batch_size  # the same every epoch (drop_last)
+    epoch, skip = divmod(start_batch, per_epoch)
+    keyed = getattr(dataset, "accepts_draw_keys", False)
+    while True:
+        idx = order(epoch)
+        keys = [(i, epoch, pos) for pos, i in enumerate(idx)] if keyed else idx
+        loader = DataLoader(dataset, batch_size=batch_size, sampler=keys[skip * batch_size:],
+                            num_workers=num_workers, drop_last=True, collate_fn=collate)
         yield from loader
-        epoch += 1
+        epoch, skip = epoch + 1, 0
+
+
+def _too_small(dataset, batch_size: int, world_size: int) -> str:
+    """The error for a set smaller than one global batch; says so when its files do not decode."""
+    n = len(dataset)
+    check = getattr(dataset, "undecodable", None)
+    bad = check() if check is not None else []
+    where = f" under {dataset.root}" if hasattr(dataset, "root") else ""
+    if bad:
+        shown = "; ".join(f"{f.name}: {why}" for f, why in bad[:3]) + (" ..." if len(bad) > 3 else "")
+        if len(bad) == n:
+            return f"none of the {n} image files{where} can be decoded ({shown})"
+        return (f"only {n - len(bad)} of the {n} image files{where} decode ({shown}); one global batch "
+                f"needs {batch_size} x {world_size}")
+    return f"data set has {n} images, fewer than one global batch ({batch_size} x {world_size})"
 
 
 def train(cfg: ExperimentConfig, restart: bool = False, device: str | None = None,
@@ -377,7 +527,7 @@ def train(cfg: ExperimentConfig, restart: bool = False, device: str | None = Non
     info = init_distributed()
     trainer = Trainer(cfg, info, restart=restart, device=device, show_progress=show_progress)
     dataset = build_dataset(cfg.data, cfg.model.image_size, split="train")
-    data = infinite_batches(dataset, cfg.train.batch_size, info,
-                            seed=cfg.train.seed + trainer.step, num_workers=cfg.train.num_workers)
+    data = infinite_batches(dataset, cfg.train.batch_size, info, seed=cfg.train.seed,
+                            num_workers=cfg.train.num_workers, start_batch=trainer.step)
     trainer.run(data)
     return trainer
