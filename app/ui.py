@@ -9,6 +9,7 @@ queue (bounded) holds the rest.
 
 from __future__ import annotations
 
+import functools
 import html
 import logging
 import shutil
@@ -287,9 +288,11 @@ def report_view(model, source: str, files, epsilon: float, model_desc: str, prog
 
 # ----------------------------------------------------------------------------- layout
 
+@functools.lru_cache(maxsize=1)
 def _placeholder_figure():
     """An empty plot shown before the first result. Rendering one at page load also loads
-    the plotting library then, so later the plots arrive together with the numbers."""
+    the plotting library then, so later the plots arrive together with the numbers.
+    Built once per process (plotly figures are slow to build) and never mutated."""
     import plotly.graph_objects as go
 
     fig = go.Figure()

@@ -52,7 +52,7 @@ try {
   const settled = async (eps) => {
     await page.waitForFunction(
       (e) => { const m = document.querySelector("#metrics"); return m && m.innerText.includes(`vs ${e}`); },
-      eps, { timeout: 90_000 });
+      eps, { timeout: 240_000 });  // the first request builds LPIPS (app runs with --no-warmup)
     const t0 = Date.now();
     await page.waitForFunction(
       (e) => [...document.querySelectorAll("#halting-plot .gtitle, #curve-plot .gtitle")]
