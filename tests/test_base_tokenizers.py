@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import re
-from pathlib import Path
 
 import pytest
 import torch
@@ -13,30 +11,24 @@ from karl.base_tokenizers import (
     BaseCheckpointError, BaseTokenizer, ConvAutoencoder, KLVAETokenizer, VQGANTokenizer,
     build_base_tokenizer, load_base_checkpoint, strip_prefix,
 )
+from conftest import fixture_dir, read_key_list
 from karl.config import PRESETS, BaseTokenizerConfig
 
 torch.set_num_threads(1)
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
-KEYS_DIR = SHARED / "reference" / "official_state_dict"
+KEYS_DIR = fixture_dir("official_state_dict")
 OFFICIAL = {  # kind -> (preset, key file, prefix inside the KARL checkpoint)
     "vqgan": ("small", "karl_small_vqgan_quantized.keys.txt", "base_tokenizer.vqgan."),
     "kl_vae": ("small_vae", "karl_small_vae_continuous.keys.txt", "base_tokenizer.vae."),
 }
-LINE = re.compile(r"^(\S+) \(([\d, ]*)\) (\S+)$")
 
 
 def official_shapes(kind: str) -> dict[str, tuple[int, ...]]:
-    """Parse ``name (shape) dtype`` lines; keep the base tokenizer's keys, prefix stripped."""
+    """The official key list's base-tokenizer keys, prefix stripped: name -> shape."""
     _, fname, prefix = OFFICIAL[kind]
     path = KEYS_DIR / fname
-    if not path.exists():
-        pytest.skip(f"official key list not available: {path} (needs the shared reference dir)")
-    shapes = {}
-    for line in path.read_text().splitlines():
-        m = LINE.match(line.strip())
-        if m and m.group(1).startswith(prefix):
-            shapes[m.group(1)[len(prefix):]] = tuple(int(s) for s in m.group(2).split(",") if s.strip())
+    shapes = {name[len(prefix):]: shape for name, (shape, _) in read_key_list(path).items()
+              if name.startswith(prefix)}
     assert shapes, f"no {prefix}* keys parsed from {path}"
     return shapes
 

@@ -1,15 +1,15 @@
 """Metrics: known values, agreement with scikit-image, and the LPIPS reference numbers."""
 
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
+from conftest import fixture_dir
 from karl import metrics
 
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "lpips"
+FIXTURES = fixture_dir("lpips")
 # d(ex_ref, ex_p0), d(ex_ref, ex_p1) with LPIPS AlexNet v0.1 (fixture README)
 REFERENCE = (0.722, 0.138)
 
@@ -21,7 +21,7 @@ def _rand(*shape, seed=0):
 @pytest.fixture(scope="module")
 def lpips_pairs():
     if not FIXTURES.is_dir():
-        pytest.skip(f"LPIPS fixture folder {FIXTURES} is absent (it lives in the shared checkout)")
+        pytest.skip(f"LPIPS fixture folder {FIXTURES} is absent (tests/fixtures/lpips is missing)")
 
     def load(name):
         arr = np.asarray(Image.open(FIXTURES / f"{name}.png").convert("RGB"), dtype=np.float32) / 255

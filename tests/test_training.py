@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import free_port
 from karl import build_model, load_pretrained, save_pretrained
 from karl.config import load_config
 from karl.losses import pixel_recon_fn, token_recon_fn, PixelLoss
@@ -122,13 +123,12 @@ def test_base_from_takes_only_the_base_and_the_ema_starts_from_loaded_weights(tm
             assert torch.equal(t1.ema.state_dict()[k], v.float()), k
     # KARL's own weights keep this run's init (seed 7), not stage 0's random ones
     assert not torch.equal(t1.model.latent_tokens, stage0["latent_tokens"])
+    from safetensors.torch import save_file
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    save_file({"x": torch.zeros(1)}, str(bad / "model.safetensors"))
+    (bad / "config.json").write_text((tmp_path / "s0" / "release" / "config.json").read_text())
     with pytest.raises(ValueError, match="no base tokenizer weights"):
-        from safetensors.torch import save_file
-        save_file({"x": torch.zeros(1)}, str(tmp_path / "nobase.safetensors"))
-        bad = tmp_path / "bad"
-        bad.mkdir()
-        (bad / "model.safetensors").write_bytes((tmp_path / "nobase.safetensors").read_bytes())
-        (bad / "config.json").write_text((tmp_path / "s0" / "release" / "config.json").read_text())
         Trainer(_cfg(tmp_path / "s1b", "stage=1", "train.max_steps=1", f"train.base_from={bad}"),
                 show_progress=False)
 
@@ -201,7 +201,7 @@ def test_cli_rejects_config_typos(tmp_path):
 @pytest.mark.slow
 def test_torchrun_two_process_gloo_smoke(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
            "-m", "karl.cli", "train", "--preset", "tiny", "stage=1", "train.max_steps=3",
            "train.batch_size=4", f"train.out_dir={tmp_path}", "data.source=synthetic"]
     res = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
