@@ -1,7 +1,7 @@
 """Analysis 1: the halting probability of each 1D token of one image, across epsilons.
 
-A token is kept when its halting probability is <= the threshold (0.75, KARL_FACTS
-section 1); KC-hat is the number of kept tokens and the continuous complexity is
+A token is kept when its halting probability is <= the threshold (0.75, as in the
+paper and the authors' release); KC-hat is the number of kept tokens and the continuous complexity is
 sum(1 - p), the expected number of kept tokens.
 """
 

@@ -17,11 +17,11 @@ import json
 import typing
 from dataclasses import dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
-# The 19 loss-condition bins of the release (KARL_FACTS section 2).
+# The 19 loss-condition bins of the release (paper Sec. 3).
 LOSS_BINS: tuple[float, ...] = (
     0.005, 0.01, 0.02, 0.03, 0.04, 0.05, 0.06, 0.07, 0.09, 0.1,
     0.12, 0.14, 0.16, 0.18, 0.2, 0.24, 0.28, 0.32, 0.38,
@@ -32,6 +32,24 @@ class ConfigError(ValueError):
     """A config key does not exist or a value has the wrong type."""
 
 
+# Closed vocabularies. Each is checked in its dataclass's __post_init__, so a typo such as
+# data.source=foldr fails when the config is built, not minutes later inside the data loader.
+BaseKind = Literal["conv_ae", "vqgan", "kl_vae"]
+DataSource = Literal["synthetic", "folder", "hf", "corpus", "mixed"]
+Stage = Literal[0, 1, 2]
+BASE_KINDS: tuple[str, ...] = typing.get_args(BaseKind)
+DATA_SOURCES: tuple[str, ...] = typing.get_args(DataSource)
+STAGES: tuple[int, ...] = typing.get_args(Stage)
+
+
+def _check_choice(key: str, value: Any, choices: tuple, what: str = "") -> None:
+    """Raise ConfigError naming the valid choices when ``value`` is not one of them."""
+    # bool is an int subclass: True would otherwise pass as stage 1
+    if isinstance(value, bool) or value not in choices:
+        label = f"unknown {what} {value!r}" if what else f"{value!r} is not valid"
+        raise ConfigError(f"{key}: {label}; choose one of {', '.join(map(repr, choices))}")
+
+
 @dataclass(frozen=True)
 class BaseTokenizerConfig:
     """The 2D base tokenizer whose grid KARL distils into 1D tokens.
@@ -40,7 +58,7 @@ class BaseTokenizerConfig:
     architecture) or ``kl_vae`` (LDM/MAR KL-16).
     """
 
-    kind: str = "conv_ae"
+    kind: BaseKind = "conv_ae"
     latent_dim: int = 16          # channels of the grid fed to KARL (VQGAN: 256 pre-quant)
     downsample: int = 16          # image side / grid side
     channels: int = 128
@@ -58,6 +76,7 @@ class BaseTokenizerConfig:
     posterior: str = "mean"       # eval-mode grid: posterior "mean" or a "sample" (training samples)
 
     def __post_init__(self) -> None:
+        _check_choice("base.kind", self.kind, BASE_KINDS, what="base tokenizer kind")
         for name in ("input_range", "output_range"):
             r = getattr(self, name)
             if len(r) != 2 or not r[0] < r[1]:
@@ -99,7 +118,7 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    stage: int = 1                  # 0: base autoencoder, 1: latent distillation, 2: pixel fine-tune
+    stage: Stage = 1                # 0: base autoencoder, 1: latent distillation, 2: pixel fine-tune
     batch_size: int = 64            # per process
     lr: float = 1e-4                # for a global batch of 256; scaled linearly
     min_lr_ratio: float = 0.1
@@ -111,12 +130,12 @@ class TrainConfig:
     ema_decay: float = 0.9999
     amp: bool = True                # fp16 on CUDA, bf16 on CPU only if amp_cpu
     amp_cpu: bool = False
-    # Two-phase training (KARL_FACTS section 2)
+    # Two-phase training (paper Sec. 3: EIC then LTC in every iteration)
     budget_step: int = 16           # EIC budgets: budget_step, 2*budget_step, ... budget_max
     budget_max: int = 368
     budget_choices: tuple[int, ...] = ()  # explicit EIC budgets; empty: the budget_step range
     eic_max_epsilon: float = 0.04   # EIC conditions on bins <= this
-    # LTC halting labels: "paper" (halt the last max - T tokens, KARL_FACTS section 2) or
+    # LTC halting labels: "paper" (halt the last max - T tokens, paper Sec. 3) or
     # "minimal" (halt after the shortest prefix of the LTC encoding that meets the condition;
     # keep every token when no prefix does). See karl/train/phases.py.
     halting_labels: str = "paper"
@@ -124,6 +143,10 @@ class TrainConfig:
     # the bin the image achieved with T tokens ("minimal" only: it teaches unreachable -> keep).
     ltc_free_condition_fraction: float = 0.0
     label_prefix_grid: tuple[int, ...] = ()  # prefixes tried for "minimal"; empty: 1,2,3,4,6,8,12,...
+    # Weight of the reconstruction term of EIC and LTC. Stage 1 reconstructs the base grid, so it
+    # weights the token (latent) loss; stage 2 reconstructs pixels, so there it weights the pixel
+    # loss (L1 + lpips_weight * LPIPS + the GAN term). The name is the stage-1 one, kept for
+    # existing configs.
     token_loss_weight: float = 1.0
     halt_loss_weight: float = 1.0
     quant_loss_weight: float = 1.0
@@ -149,6 +172,7 @@ class TrainConfig:
     max_minutes: float | None = None  # stop (and checkpoint) after this wall time
 
     def __post_init__(self) -> None:
+        _check_choice("train.stage", self.stage, STAGES, what="stage")
         if self.halting_labels not in ("paper", "minimal"):
             raise ConfigError(f"train.halting_labels: {self.halting_labels!r} is not one of 'paper', 'minimal'")
         if not 0.0 <= self.ltc_free_condition_fraction <= 1.0:
@@ -162,7 +186,7 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class DataConfig:
-    source: str = "synthetic"       # synthetic | folder | hf | corpus | mixed
+    source: DataSource = "synthetic"  # synthetic | folder | hf | corpus | mixed
     path: str | None = None         # folder, or corpus directory
     hf_name: str | None = None
     hf_split: str = "train"
@@ -171,6 +195,9 @@ class DataConfig:
     min_crop_scale: float = 0.15    # random multi-scale crops: side in [min, 1] x shorter side
     holdout_fraction: float = 0.0   # of corpus source images held out of training
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        _check_choice("data.source", self.source, DATA_SOURCES, what="data source")
 
 
 @dataclass(frozen=True)
@@ -266,6 +293,8 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
     """Convert a YAML-parsed value to the field's declared type, or raise ConfigError."""
     origin = typing.get_origin(annotation)
     args = typing.get_args(annotation)
+    if origin is Literal:  # the value itself is checked in __post_init__, with the valid choices
+        return value
     if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
         if value is None and type(None) in args:
             return None

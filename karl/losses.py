@@ -2,7 +2,7 @@
 
 - Stage 0 (our base autoencoder) and stage 2: pixel L1 + LPIPS, plus (stage 2) a hinge
   PatchGAN term weighted VQGAN-style by the ratio of gradient norms at the decoder's last
-  layer (KARL_FACTS section 3).
+  layer (as in VQGAN / TiTok).
 - Stage 1: token-level loss against the frozen base tokenizer's grid.
 """
 

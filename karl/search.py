@@ -1,6 +1,6 @@
 """Search baselines on a KARL model: the minimal token count for L1 <= epsilon, found by search.
 
-Search-based adaptive tokenizers (KARL_FACTS section 8) need many decoder (and encoder) runs
+Search-based adaptive tokenizers (the paper's baselines) need many decoder (and encoder) runs
 per image to find the token count that reaches a target quality; KARL predicts it in one
 encoder pass. Emulating the searches on the same KARL model gives a same-model comparison,
 and the minimal count they find is the oracle KC-hat for that model.

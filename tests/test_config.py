@@ -45,3 +45,19 @@ def test_yaml_files_load(tmp_path):
 def test_round_trip_through_dict():
     cfg = load_config(preset_name="cpu", overrides=["train.lr=1e-3"])
     assert experiment_from_dict(to_dict(cfg)) == cfg
+
+
+@pytest.mark.parametrize("bad, key", [("data.source=foldr", "data.source"), ("stage=3", "train.stage"),
+                                      ("stage=true", "train.stage"), ("model.base.kind=vq_gan", "base.kind")])
+def test_closed_vocabularies_fail_at_config_time(bad, key):
+    with pytest.raises(ConfigError, match=rf"{key}: unknown .*choose one of"):
+        load_config(preset_name="tiny", overrides=[bad])
+
+
+def test_closed_vocabularies_checked_on_direct_construction():
+    from karl.config import DataConfig, TrainConfig
+    with pytest.raises(ConfigError, match="folder"):
+        DataConfig(source="foldr")
+    with pytest.raises(ConfigError, match="train.stage"):
+        TrainConfig(stage=5)
+    assert load_config(preset_name="tiny", overrides=["data.source=folder", "stage=0"]).data.source == "folder"

@@ -61,7 +61,7 @@ class BaseTokenizer(nn.Module):
         """Stage-1 loss between KARL's prediction and the base tokenizer's target.
 
         VQGAN: cross-entropy on codebook indices + 1.0 x MSE(soft code, true code);
-        continuous: MSE on latents (KARL_FACTS section 3).
+        continuous: MSE on latents (the release's stage-1 losses).
         """
         if self.kind == "discrete":
             ce = F.cross_entropy(out.float(), target)

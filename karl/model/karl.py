@@ -1,4 +1,4 @@
-"""KARL: single-pass adaptive image tokenizer (KARL_FACTS sections 1 and 4).
+"""KARL: single-pass adaptive image tokenizer (paper Sec. 3; sizes of the released karl_small).
 
 Axes: b batch, n 2D grid tokens (g x g), k 1D latent tokens, d width, e factorised latent.
 
@@ -103,7 +103,7 @@ class KARL(nn.Module):
         self.latent_tokens = nn.Parameter(torch.randn(cfg.num_latent_tokens, w) * w ** -0.5)
         self.decoder_latent_tokens_timestep_embed = nn.Parameter(
             torch.randn(cfg.num_latent_tokens, w) * w ** -0.5)
-        # Each bin's embedding starts as the constant bin value (KARL_FACTS section 2).
+        # Each bin's embedding starts as the constant bin value (as in the authors' release).
         self.rec_loss_embeddings = nn.Parameter(
             repeat(torch.tensor(cfg.loss_bins), "c -> c d", d=w).clone())
         self.register_buffer("loss_bins", torch.tensor(cfg.loss_bins, dtype=torch.float32),

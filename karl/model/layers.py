@@ -4,7 +4,7 @@ Parameter names (``ln_1``, ``attn.in_proj_weight``, ``attn.out_proj``, ``ln_2``,
 ``mlp.c_fc``, ``mlp.c_proj``) follow the released checkpoints so conversion is a rename
 of prefixes only. Attention runs through ``scaled_dot_product_attention`` with a boolean
 key-padding mask broadcast as ``[B, 1, 1, L]``: one mask per image, never a head-major
-repeat (the release's batch-mixing defect, KARL_FACTS section 5).
+repeat (the release's batch-mixing defect, docs/OFFICIAL.md).
 """
 
 from __future__ import annotations

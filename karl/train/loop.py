@@ -2,8 +2,8 @@
 
 One command runs on one CPU process or under ``torchrun`` on many GPUs:
 
-    karl-train --config configs/cpu.yaml stage=1 train.max_steps=2000
-    torchrun --nproc_per_node 8 -m karl.cli train --config configs/small.yaml stage=1
+    karl-train --config configs/cpu_stage1.yaml train.max_steps=2000
+    torchrun --nproc_per_node 8 -m karl.cli train --config configs/small_vqgan_stage1.yaml
 
 Stages: 0 trains our base autoencoder (pixel L1 + LPIPS); 1 distils the frozen base grid
 into 1D tokens (EIC + LTC with token losses); 2 fine-tunes everything with pixel L1 +

@@ -1,4 +1,4 @@
-"""Learning-rate schedule and optimiser construction (KARL_FACTS section 3)."""
+"""Learning-rate schedule and optimiser construction (the release's stage settings, as in VQGAN / TiTok)."""
 
 from __future__ import annotations
 
