@@ -29,8 +29,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--share", action="store_true", help="create a public gradio.live link (needs network)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default cpu)")
     p.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16", "auto"),
-                   help="inference precision (default fp32; auto: bf16 where the hardware has it, "
-                        "about 2x faster on such CPUs; docs/OFFICIAL.md)")
+                   help="inference precision (default fp32; auto: bf16 where the hardware has "
+                        "it; docs/OFFICIAL.md)")
     p.add_argument("--no-warmup", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--demo-model", choices=["tiny-monotone"], help=argparse.SUPPRESS)
     return p.parse_args(argv)
