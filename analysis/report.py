@@ -119,18 +119,20 @@ def load_corpus(root: Path, size: int, max_images: int = 64, seed: int = 0) -> t
 
 def load_model(checkpoint: str | None, preset: str | None = None, trust_official: bool = False,
                device: str = "cpu"):
-    """A release directory, an authors' ``.pth`` (needs ``trust_official``), or a random preset."""
-    import karl
+    """:func:`karl.api.load_model` for the report: ``(model, description)``; ``preset`` means random
+    weights, no checkpoint the bundled model."""
+    from karl.api import ModelNotFoundError, load_model as load_any_model
 
     if preset is not None:
-        return karl.build_model(preset, seed=0).to(device).eval(), f"random weights, preset {preset!r}"
+        return load_any_model(f"random:{preset}", device=device), f"random weights, preset {preset!r}"
     path = Path(checkpoint) if checkpoint else BUNDLED_CHECKPOINT
     if not path.exists():
         raise FileNotFoundError(f"checkpoint {path} does not exist (train the bundled model with "
                                 "scripts/train_cpu_model.sh, or pass --checkpoint / --preset tiny)")
-    if path.is_file() and path.suffix == ".pth":
-        return karl.load_official(path, trust=trust_official, device=device).eval(), str(path)
-    return karl.load_pretrained(path, device=device).eval(), str(path)
+    try:
+        return load_any_model(path, trust=trust_official, device=device), str(path)
+    except ModelNotFoundError as err:
+        raise FileNotFoundError(str(err)) from None
 
 
 # ----------------------------------------------------------------------------- HTML pieces

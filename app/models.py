@@ -48,7 +48,8 @@ def load_app_model(checkpoint: str | Path | None = None, trust_official: bool = 
     if checkpoint is not None:
         from karl.hub import is_hub_id
         if is_hub_id(checkpoint):  # org/name: a Hugging Face Hub repo (cached, or downloaded)
-            return LoadedModel(_load_hub(str(checkpoint), device), f"{checkpoint} (Hugging Face Hub)")
+            return LoadedModel(_load(checkpoint, trust_official, device, str(checkpoint)),
+                               f"{checkpoint} (Hugging Face Hub)")
         return LoadedModel(_load_checkpoint(Path(checkpoint), trust_official, device), str(checkpoint))
     if (DEFAULT_CHECKPOINT / "config.json").is_file():
         try:
@@ -57,36 +58,33 @@ def load_app_model(checkpoint: str | Path | None = None, trust_official: bool = 
             reason = f"the bundled checkpoint failed to load ({err})"
     else:
         reason = f"no bundled checkpoint at {DEFAULT_CHECKPOINT}"
-    from karl.api import build_model
-    model = build_model("cpu", seed=0).eval().to(device)
+    from karl.api import load_model
+    model = load_model("random:cpu", device=device)
     return LoadedModel(model, "random cpu preset",
                        f"**Untrained model**: {reason}. The app runs a *randomly initialised* "
                        "`cpu` preset: token counts and reconstructions are meaningless. Pass "
                        "`--checkpoint DIR` to load a trained model.")
 
 
-def _load_hub(repo_id: str, device: str):
-    from karl.api import load_pretrained
-    from karl.checkpoint import CheckpointError
-    try:
-        return load_pretrained(repo_id, device=device).eval()
-    except CheckpointError as err:  # HubUnavailableError says how to pass a local folder instead
-        raise ModelLoadError(f"cannot load {repo_id}: {err}") from None
-
-
 def _load_checkpoint(path: Path, trust_official: bool, device: str):
-    from karl.checkpoint import CheckpointError
-    from karl.official import load_any
-
     if path.is_file() and path.suffix == ".safetensors":
         path = path.parent
     if not path.exists():
         raise ModelLoadError(f"checkpoint {path} does not exist")
+    return _load(path, trust_official, device, f"checkpoint {path}")
+
+
+def _load(spec: str | Path, trust_official: bool, device: str, what: str):
+    """:func:`karl.api.load_model`, every failure turned into one :class:`ModelLoadError` line."""
+    from karl.api import load_model
+    from karl.checkpoint import CheckpointError
+
     try:
-        return load_any(path, trust_official=trust_official, device=device).eval()
-    except CheckpointError as err:
-        hint = ("" if trust_official or path.suffix not in (".pth", ".pt", ".ckpt")
+        return load_model(spec, trust=trust_official, device=device)
+    except CheckpointError as err:  # HubUnavailableError says how to pass a local folder instead
+        hint = ("" if trust_official or "trust-official" in str(err)
+                or Path(str(spec)).suffix not in (".pth", ".pt", ".ckpt")
                 else " (an authors' .pth needs --trust-official)")
-        raise ModelLoadError(f"cannot load checkpoint {path}: {err}{hint}") from None
+        raise ModelLoadError(f"cannot load {what}: {err}{hint}") from None
     except Exception as err:  # corrupt safetensors, bad JSON values, ...
-        raise ModelLoadError(f"cannot load checkpoint {path}: {type(err).__name__}: {err}") from None
+        raise ModelLoadError(f"cannot load {what}: {type(err).__name__}: {err}") from None

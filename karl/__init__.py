@@ -1,11 +1,11 @@
 """KARL: single-pass adaptive image tokenization (arXiv 2507.07995)."""
 
-from karl.api import build_model, load_pretrained, save_pretrained
+from karl.api import build_model, load_model, load_pretrained, save_pretrained
 from karl.config import LOSS_BINS, ExperimentConfig, ModelConfig, load_config
 from karl.model import KARL, Encoding, epsilon_to_bin
 
 __all__ = ["KARL", "Encoding", "LOSS_BINS", "ExperimentConfig", "ModelConfig", "build_model",
-           "epsilon_to_bin", "load_config", "load_pretrained", "save_pretrained", "load_official", "push_to_hub"]
+           "epsilon_to_bin", "load_config", "load_model", "load_pretrained", "save_pretrained", "load_official", "push_to_hub"]
 
 
 def load_official(*args, **kwargs):

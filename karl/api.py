@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from karl.checkpoint import load_state_dict_strict, read_release, write_release
+from karl.checkpoint import CheckpointError, load_state_dict_strict, read_release, write_release
 from karl.config import ModelConfig, model_config_from_dict, preset, to_dict
 from karl.model import KARL
 
@@ -46,3 +46,63 @@ def load_pretrained(directory: str | Path, device: str | torch.device = "cpu",
     model = KARL(cfg)
     load_state_dict_strict(model, state)
     return set_precision(model.to(device).eval(), precision)
+
+
+# --------------------------------------------------------------------------- one loader
+
+OFFICIAL_SUFFIXES = (".pth", ".pt", ".ckpt")
+MODEL_SPEC_HELP = ("a release directory (config.json + model.safetensors), its model.safetensors, "
+                   "a Hub id (org/name), an authors' .pth (with --trust-official), or random:PRESET")
+
+
+class ModelNotFoundError(CheckpointError):
+    """The model spec names nothing loadable: no such path, and not a Hub id or ``random:``."""
+
+
+def load_model(spec: str | Path, trust: bool = False, device: str | torch.device = "cpu",
+               precision: str = "fp32") -> KARL:
+    """The one model loader behind karl-eval, karl-complexity, the report and the app.
+
+    ``spec`` is one of:
+
+    - ``random:PRESET``: randomly initialised weights of a preset (seed 0), for smoke tests;
+    - a release directory, or the ``model.safetensors`` inside one;
+    - a Hugging Face Hub id ``org/name[@rev]`` that is not a local path (:mod:`karl.hub`);
+    - an authors' ``.pth`` (or ``.pt``/``.ckpt``): refused unless ``trust``, because loading
+      it unpickles Python objects, which can run code (:mod:`karl.official`).
+
+    Returns the model in eval mode on ``device`` at ``precision``. Raises
+    :class:`ModelNotFoundError` when ``spec`` names nothing,
+    :class:`karl.official.UntrustedCheckpointError` for an untrusted ``.pth``, and
+    :class:`CheckpointError` (or a subclass) when the files do not load.
+    """
+    from karl.hub import is_hub_id
+    from karl.precision import set_precision
+    text = str(spec)
+    if text.startswith("random:"):
+        model = build_model(text.split(":", 1)[1], seed=0).to(device).eval()
+        return set_precision(model, precision)
+    path = Path(text).expanduser()
+    if path.suffix == ".safetensors" and path.is_file():  # the weights file of a release dir
+        path = path.parent
+    if path.suffix in OFFICIAL_SUFFIXES:
+        return _load_official_file(path, trust, device, precision)
+    if is_hub_id(spec):  # org/name: the Hub snapshot (or the Hub cache when offline)
+        return load_pretrained(text, device=device, precision=precision).eval()
+    if not path.is_dir():
+        what = "does not exist" if not path.exists() else "is not a directory"
+        raise ModelNotFoundError(f"checkpoint {text} {what}: not a release directory; expected "
+                                 f"{MODEL_SPEC_HELP}")
+    return load_pretrained(path, device=device, precision=precision).eval()
+
+
+def _load_official_file(path: Path, trust: bool, device: str | torch.device, precision: str) -> KARL:
+    from karl.official import UntrustedCheckpointError, load_official
+    # Refused before the file is even opened: the opt-in is about the kind of file, not its content.
+    if not trust:
+        raise UntrustedCheckpointError(
+            f"{path} is an authors' .pth checkpoint; loading it unpickles Python objects (can run "
+            "code). Pass --trust-official (trust=True) if you trust the file.")
+    if not path.is_file():
+        raise ModelNotFoundError(f"no such checkpoint file {path}")
+    return load_official(path, trust=True, device=device, precision=precision).eval()

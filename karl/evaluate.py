@@ -383,31 +383,16 @@ def open_source(spec: str, size: int, max_images: int | None = None, split: str 
 # ----------------------------------------------------------------------------- model
 
 def load_model(checkpoint: str, trust_official: bool = False, device: str | torch.device = "cpu") -> KARL:
-    """A release directory, a Hub id (``org/name``), an authors' ``.pth`` (with ``trust_official``),
-    or ``random:PRESET``."""
+    """:func:`karl.api.load_model` with karl-eval's errors: a spec that names nothing, or an
+    untrusted ``.pth``, is an :class:`EvalError` (exit 2 with one line)."""
+    from karl.api import ModelNotFoundError, load_model as load_any_model
+    from karl.official import UntrustedCheckpointError
     if checkpoint.startswith("random:"):
-        from karl.api import build_model
         warnings.warn(f"{checkpoint}: a randomly initialised model; numbers are meaningless", stacklevel=2)
-        return build_model(checkpoint.split(":", 1)[1], seed=0).to(device).eval()
-    path = Path(checkpoint).expanduser()
-    if path.suffix == ".safetensors" and path.is_file():  # the weights file of a release dir, as app.py takes
-        path = path.parent
-    if checkpoint.endswith(".pth"):
-        if not trust_official:
-            raise EvalError(f"{checkpoint} is an authors' .pth checkpoint; loading it unpickles Python "
-                            "objects (can run code). Pass --trust-official if you trust the file.")
-        if not path.is_file():
-            raise EvalError(f"no such checkpoint file {path}")
-        from karl import load_official
-        return load_official(path, trust=True, device=device).eval()
-    from karl.api import load_pretrained
-    from karl.hub import is_hub_id
-    if is_hub_id(checkpoint):  # org/name: the Hub snapshot (or the Hub cache when offline)
-        return load_pretrained(checkpoint, device=device).eval()
-    if not path.is_dir():
-        raise EvalError(f"--checkpoint {checkpoint}: not a release directory (config.json + "
-                        "model.safetensors), a Hub id (org/name), an authors' .pth, or random:PRESET")
-    return load_pretrained(path, device=device).eval()
+    try:
+        return load_any_model(checkpoint, trust=trust_official, device=device)
+    except (ModelNotFoundError, UntrustedCheckpointError) as err:
+        raise EvalError(str(err)) from None
 
 
 def default_fixed_counts(max_tokens: int) -> list[int]:

@@ -427,11 +427,12 @@ def _unshare(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
 
 def load_any(path: str | Path, trust_official: bool = False,
              device: str | torch.device = "cpu", precision: str = "fp32") -> KARL:
-    """A release directory (ours or converted) or an authors' ``.pth`` (needs the opt-in)."""
-    from karl.api import load_pretrained
-    if Path(path).is_file() and Path(path).suffix in (".pth", ".pt", ".ckpt"):
-        return load_official(path, trust=trust_official, device=device, precision=precision)
-    return load_pretrained(path, device=device, precision=precision)
+    """A release directory (ours or converted) or an authors' ``.pth`` (needs the opt-in).
+
+    Kept for existing callers; :func:`karl.api.load_model` is the one loader.
+    """
+    from karl.api import load_model
+    return load_model(path, trust=trust_official, device=device, precision=precision)
 
 
 # --------------------------------------------------------------------------- CLI
