@@ -320,3 +320,17 @@ def test_torchrun_two_processes_merge(release, folder, tmp_path):
     assert set(ref) == set(keys(rows))
     for k, r in zip(keys(rows), rows):
         assert r["tokens"] == ref[k]["tokens"] and float(r["l1"]) == pytest.approx(float(ref[k]["l1"]), abs=1e-4)
+
+
+def test_runner_is_driven_by_an_explicit_context_without_argparse(tmp_path):
+    from karl.eval import Context, Plan, evaluate_shard, open_source
+    from karl.eval.results import _read_csv
+    model = build_model("tiny", seed=0).eval()
+    plan = Plan(fixed=[4], epsilons=[], searches=[], budget=model.max_tokens, linear_step=1,
+                binary_step=1, iterative_step=1, prefix_condition=None, lpips_net=None)
+    ctx = Context(model, open_source("procedural:3", model.image_size), plan, tmp_path, torch.device("cpu"),
+                  batch_size=2, save_examples=1, progress=False)
+    assert evaluate_shard(ctx, plan.tasks()) is None  # with_rfid=False: no collector
+    rows = _read_csv(tmp_path / "per_image.csv")
+    assert [(r["regime"], r["tokens"]) for r in rows] == [("fixed", "4")] * 3
+    assert sorted(p.name for p in (tmp_path / "examples").iterdir()) == ["000_fixed_k4_4tok.png", "000_input.png"]

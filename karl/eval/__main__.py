@@ -1,0 +1,7 @@
+"""``python -m karl.eval``: the same as ``karl-eval``."""
+
+import sys
+
+from karl.eval.cli import main
+
+sys.exit(main())
