@@ -4,9 +4,10 @@
 of that model instance run under the chosen precision; outputs come back in float32, and
 halting probabilities are always computed in float32 from the logits.
 
-- ``auto`` picks the fastest setting that kept the same halting decisions as fp32 in our
-  measurements (benchmarks/inference_speed.py, docs/OFFICIAL.md): ``bf16`` on CUDA devices
+- ``auto`` picks the fastest setting the hardware runs natively: ``bf16`` on CUDA devices
   that support it and on CPUs with native bf16 (AVX-512 BF16 or AMX), ``fp32`` elsewhere.
+  bf16 can flip near-threshold halting decisions: 3 of 1024 on a random ``small`` head in
+  benchmarks/inference_speed.py (docs/OFFICIAL.md); use ``fp32`` for the exact programs.
   fp16 is never chosen automatically (its range is too small for the VAE decoder's
   activations to be safe without a check on each model).
 - On CPU the reduced-precision path also turns on oneDNN and the channels-last layout for
@@ -37,7 +38,7 @@ __all__ = ["HALT_MARGIN", "PRECISIONS", "autocast", "cpu_has_fast_bf16", "resolv
 PRECISIONS = ("fp32", "bf16", "fp16", "auto")
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 # |halting prob - threshold| below which a reduced-precision decision is counted as at risk.
-# bf16 moved halting probabilities by up to ~1e-2 on random full-size weights (benchmark).
+# bf16 moved halting probabilities by up to 0.017 on random full-size weights (benchmark).
 HALT_MARGIN = 0.02
 _WRAPPED = ("encode", "decode", "base_encode", "reconstruct")
 
