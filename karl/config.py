@@ -2,7 +2,7 @@
 
 A config is built in three layers, each overriding the last:
 
-1. a named preset (``tiny``, ``cpu``, ``small``, ``small_vae``) from :data:`PRESETS`;
+1. a named preset (``tiny``, ``cpu``, ``gpu128``, ``small``, ``small_vae``) from :data:`PRESETS`;
 2. an experiment YAML (``configs/*.yaml``) holding ``preset:`` and nested sections;
 3. command-line overrides ``section.field=value`` (``train.lr=2e-4``).
 

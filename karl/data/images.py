@@ -26,14 +26,15 @@ IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", 
                               ".ppm", ".pgm", ".pbm", ".pnm", ".tga"})
 MAX_PIXELS = 100_000_000  # decompression-bomb guard: refuse larger images (100 MP)
 
-ImageSource = Union[str, Path, bytes, bytearray, memoryview, BinaryIO, Image.Image]
+# What load_image accepts: one image. (karl.eval's ImageSource is a set of images with ids.)
+ImageInput = Union[str, Path, bytes, bytearray, memoryview, BinaryIO, Image.Image]
 
 
 class ImageLoadError(ValueError):
     """The input is missing, empty, not an image, corrupt or too large."""
 
 
-def _open(src: ImageSource) -> tuple[Image.Image, str]:
+def _open(src: ImageInput) -> tuple[Image.Image, str]:
     """Open (lazily) and name the source for error messages."""
     if isinstance(src, Image.Image):
         return src, "PIL image"
@@ -91,7 +92,7 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")  # L, 1, P, CMYK, YCbCr, LAB, HSV
 
 
-def load_image(src: ImageSource, max_side: int | None = None, max_pixels: int = MAX_PIXELS) -> Image.Image:
+def load_image(src: ImageInput, max_side: int | None = None, max_pixels: int = MAX_PIXELS) -> Image.Image:
     """Load an image as an RGB PIL image.
 
     Args:
