@@ -15,7 +15,8 @@ Targets (issue 12), each reported with its value:
 - full-budget L1 on the photos <= 0.05;
 - halting accuracy: of the images whose target is reachable with all tokens, >= 90% meet
   epsilon + 0.01 with their KC-hat tokens (epsilon 0.05 and 0.1);
-- single pass vs prefix search on the same encoding: mean KC-hat <= 1.2 x the oracle's
+- single pass vs prefix search (binary, on the same encoding): mean KC-hat within 1.2x of the
+  oracle's, either way
   (epsilon 0.05 and 0.2).
 """
 
@@ -35,7 +36,7 @@ from karl import LOSS_BINS, load_pretrained
 from karl.data.images import list_images, load_image, preprocess
 from karl.data.procedural import generate
 from karl.metrics import l1
-from karl.search import search_prefix_linear
+from karl.search import search_prefix_binary
 
 FRESH_SEED = 4_000_000_000          # above every seed used for training and the held-out export
 
@@ -55,15 +56,16 @@ def target(name: str, value: float, goal: str, ok: bool) -> dict:
 
 
 @torch.no_grad()
-def single_pass_vs_oracle(model, images: torch.Tensor, epsilon: float, batch: int = 64) -> dict:
+def single_pass_vs_oracle(model, images: torch.Tensor, epsilon: float, batch: int = 64,
+                          monotone: bool = False) -> dict:
     """KC-hat, the prefix-search oracle on the same encoding, and what each program achieves."""
     rows = []
     for i in range(0, len(images), batch):
         x = images[i:i + batch].to(model.device)
-        enc = model.encode(x, epsilon=epsilon)
+        enc = model.encode(x, epsilon=epsilon, monotone=monotone)
         err_kc = l1(model.decode(enc), x)
         err_all = l1(model.decode(model.keep_prefix(enc, model.max_tokens)), x)
-        oracle = search_prefix_linear(model, x, epsilon, encoding=enc)
+        oracle = search_prefix_binary(model, x, epsilon, encoding=enc)
         rows.append(pd.DataFrame({"kc_hat": enc.kc_hat.cpu().numpy(), "l1_kc": err_kc.cpu().numpy(),
                                   "l1_all": err_all.cpu().numpy(), "oracle": oracle.tokens.cpu().numpy()}))
     df = pd.concat(rows, ignore_index=True)
@@ -84,19 +86,26 @@ def main() -> None:
     p.add_argument("--heldout", default="data_cache/heldout")
     p.add_argument("--epsilon", type=float, default=0.05)
     p.add_argument("--out", default=None)
+    p.add_argument("--monotone", action="store_true",
+                   help="use encode(monotone=True): the shortest program of this and the stricter bins")
     args = p.parse_args()
+    mono = args.monotone
     model = load_pretrained(args.checkpoint).eval()
     size, root, k = model.image_size, Path(args.heldout), model.max_tokens
 
     photos, _ = load_folder(root / "photos", size)
     meta = pd.read_csv(root / "procedural" / "procedural.csv")
     proc = torch.stack([preprocess(load_image(root / "procedural" / f), size) for f in meta["file"]])
-    report: dict = {"checkpoint": str(args.checkpoint), "photos": len(photos), "procedural": len(proc)}
+    report: dict = {"checkpoint": str(args.checkpoint), "photos": len(photos), "procedural": len(proc),
+                    "monotone_rule": mono}
     targets = []
 
     # KC-hat of every image at every bin.
     photo_curve = compute_kc_curve(model, photos, LOSS_BINS)
     proc_curve = compute_kc_curve(model, proc, LOSS_BINS)
+    if mono:  # the monotone rule's KC-hat is the running minimum over stricter bins (tests/test_monotone.py)
+        for c in (photo_curve, proc_curve):
+            c.kc_hat = np.minimum.accumulate(c.kc_hat, axis=1)
     mean_kc = photo_curve.kc_hat.mean(0)
     report["photo_mean_kc_by_epsilon"] = {f"{e:g}": round(float(v), 3) for e, v in zip(LOSS_BINS, mean_kc)}
     i02, i20 = LOSS_BINS.index(0.02), LOSS_BINS.index(0.2)
@@ -131,7 +140,7 @@ def main() -> None:
 
     # Fresh procedural families.
     fresh = {f: fresh_family(f, 12, size) for f in ("flat", "gradient", "noise")}
-    fresh_kc = {f: model.encode(x, epsilon=0.05).kc_hat.float() for f, x in fresh.items()}
+    fresh_kc = {f: model.encode(x, epsilon=0.05, monotone=mono).kc_hat.float() for f, x in fresh.items()}
     report["fresh_kc_hat_at_0.05"] = {f: [int(v) for v in kc] for f, kc in fresh_kc.items()}
     targets.append(target("flat colours: mean KC-hat at eps 0.05", fresh_kc["flat"].mean(), "<= 2",
                           fresh_kc["flat"].mean() <= 2))
@@ -147,15 +156,16 @@ def main() -> None:
     images = torch.cat([photos, proc])
     report["single_pass_vs_oracle"] = {}
     for eps in (0.05, 0.1, 0.2):
-        r = single_pass_vs_oracle(model, images, eps)
+        r = single_pass_vs_oracle(model, images, eps, monotone=mono)
         report["single_pass_vs_oracle"][f"{eps:g}"] = r
         if eps in (0.05, 0.1):
             v = r["reachable_meeting_eps_plus_0.01"]
             targets.append(target(f"halting accuracy at eps {eps:g}: reachable images meeting eps + 0.01",
                                   v, ">= 0.9", v >= 0.9))
         if eps in (0.05, 0.2):
-            targets.append(target(f"KC-hat / prefix-search oracle at eps {eps:g}", r["kc_over_oracle"],
-                                  "<= 1.2", r["kc_over_oracle"] <= 1.2))
+            ratio = r["kc_over_oracle"]     # within 1.2x either way: halting too early misses eps
+            targets.append(target(f"KC-hat / prefix-search oracle at eps {eps:g}", ratio,
+                                  "in [1/1.2, 1.2]", 1 / 1.2 <= ratio <= 1.2))
 
     report["targets"] = targets
     report["targets_met"] = f"{sum(t['pass'] for t in targets)} of {len(targets)}"

@@ -15,6 +15,7 @@ tokenizer lives under ``base.`` instead of ``base_tokenizer.{vqgan,vae}.``.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -227,22 +228,46 @@ class KARL(nn.Module):
 
     @torch.no_grad()
     def encode(self, images: Tensor, epsilon: float | Tensor = 0.05, budget: int | None = None,
-               base_grid: BaseGrid | None = None) -> Encoding:
+               base_grid: BaseGrid | None = None, monotone: bool = False) -> Encoding:
         """One encoder pass: which of the first ``budget`` tokens are needed for L1 <= epsilon.
 
         ``epsilon`` is a float or a per-image tensor [B]; it is rounded up to the next loss bin.
         ``base_grid`` lets callers reuse a cached ``base_encode(images)``.
+
+        ``monotone=True`` (not single pass: one encoder pass per bin up to epsilon's) returns,
+        per image, the shortest of the programs predicted for epsilon's bin and every stricter
+        bin. The rule is sound: a program that meets a stricter bin meets this one too, and it
+        makes KC-hat non-increasing in epsilon by construction. ``epsilon`` of the result is
+        the requested bin.
         """
         budget = self.max_tokens if budget is None else int(budget)
         images = images.to(self.device)
         grid = base_grid if base_grid is not None else self.base_encode(images)
         bin_idx = self.bin_index(epsilon, images.shape[0])
-        z, halt_logits = self.forward_encoder(self.embed_grid(images, grid.features), bin_idx, budget)
+        tokens2d = self.embed_grid(images, grid.features)
+        if monotone:
+            return self._encode_monotone(tokens2d, bin_idx, budget)
+        return self._encode_at(tokens2d, bin_idx, budget)
+
+    def _encode_at(self, tokens2d: Tensor, bin_idx: Tensor, budget: int) -> Encoding:
+        z, halt_logits = self.forward_encoder(tokens2d, bin_idx, budget)
         latents, ids, _ = self.quantize_latents(z)
         probs = halt_logits.float().sigmoid()
         keep = probs <= self.config.halt_threshold
         return Encoding(latents=latents, halting_probs=probs, keep=keep, token_ids=ids,
                         epsilon=self.loss_bins[bin_idx])
+
+    def _encode_monotone(self, tokens2d: Tensor, bin_idx: Tensor, budget: int) -> Encoding:
+        best = self._encode_at(tokens2d, bin_idx, budget)           # the requested bin's own program
+        for b in range(int(bin_idx.max()) - 1, -1, -1):              # then ever stricter bins
+            stricter = bin_idx > b
+            if not bool(stricter.any()):
+                continue
+            cand = self._encode_at(tokens2d, torch.full_like(bin_idx, b), budget)
+            better = stricter & (cand.kc_hat < best.kc_hat)
+            if bool(better.any()):
+                best = _select(better, cand, best)
+        return dataclasses.replace(best, epsilon=self.loss_bins[bin_idx])
 
     @torch.no_grad()
     def decode(self, encoding: Encoding) -> Tensor:
@@ -264,6 +289,16 @@ class KARL(nn.Module):
         idx = torch.arange(encoding.budget, device=encoding.keep.device)[None]
         return Encoding(encoding.latents, encoding.halting_probs, idx < k, encoding.token_ids,
                         encoding.epsilon)
+
+
+def _select(mask: Tensor, a: Encoding, b: Encoding) -> Encoding:
+    """Per image: ``a``'s program where ``mask`` [B] is true, else ``b``'s."""
+    def pick(x: Tensor | None, y: Tensor | None) -> Tensor | None:
+        if x is None:
+            return None
+        return torch.where(mask.view(-1, *([1] * (x.ndim - 1))), x, y)
+    return Encoding(pick(a.latents, b.latents), pick(a.halting_probs, b.halting_probs),
+                    pick(a.keep, b.keep), pick(a.token_ids, b.token_ids), pick(a.epsilon, b.epsilon))
 
 
 def pack_kept(tokens: Tensor, keep: Tensor) -> tuple[Tensor, Tensor]:
