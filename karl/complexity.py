@@ -289,9 +289,9 @@ def build_parser() -> argparse.ArgumentParser:
 def _load(args) -> Any:
     if not args.checkpoint:
         raise ComplexityError("no --checkpoint given and no bundled model next to the package")
-    from karl.api import load_model
+    from karl.evaluate import load_model  # karl.api.load_model with karl-eval's errors and random: warning
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    return load_model(args.checkpoint, trust=args.trust_official, device=device), device
+    return load_model(args.checkpoint, args.trust_official, device), device
 
 
 def _write_rows(writer, fh, items: list[ImageItem], idx: list[int], scores, epsilons, done) -> int:
