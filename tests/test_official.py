@@ -13,12 +13,12 @@ import argparse
 import hashlib
 import json
 import pickle
-import re
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import fixture_dir, read_key_list
 from safetensors.torch import load_file
 from torch import nn
 
@@ -35,29 +35,19 @@ from karl.official import (
 
 torch.set_num_threads(1)
 
-KEYS_DIR = Path(__file__).resolve().parents[2] / "shared" / "reference" / "official_state_dict"
 VARIANTS = {  # kind -> (preset, key list, base prefix in the release)
     "vqgan": ("small", "karl_small_vqgan_quantized.keys.txt", "base_tokenizer.vqgan."),
     "kl_vae": ("small_vae", "karl_small_vae_continuous.keys.txt", "base_tokenizer.vae."),
 }
-LINE = re.compile(r"^(\S+) \(([\d, ]*)\) (\S+)$")
 Shapes = dict[str, tuple[tuple[int, ...], torch.dtype]]
 
 
 # --------------------------------------------------------------------------- helpers
 
 def official_keys(kind: str) -> Shapes:
-    """Parse a key list: release name -> (shape, dtype)."""
-    path = KEYS_DIR / VARIANTS[kind][1]
-    if not path.exists():
-        pytest.skip(f"official key list not available: {path}")
-    out = {}
-    for line in path.read_text().splitlines():
-        m = LINE.match(line.strip())
-        assert m, f"unparsable line in {path.name}: {line!r}"
-        shape = tuple(int(s) for s in m.group(2).split(",") if s.strip())
-        out[m.group(1)] = (shape, getattr(torch, m.group(3)))
-    return out
+    """Parse a key list (tests/fixtures, the one parser in conftest): release name -> (shape, dtype)."""
+    parsed = read_key_list(fixture_dir("official_state_dict") / VARIANTS[kind][1])
+    return {name: (shape, getattr(torch, dtype)) for name, (shape, dtype) in parsed.items()}
 
 
 def release_model_config(kind: str) -> ModelConfig:
