@@ -33,6 +33,8 @@ from typing import Any, Callable
 import torch
 from torch import Tensor
 
+from karl.precision import autocast as precision_autocast
+
 __all__ = ["main", "collect_images", "score_batch", "autocast_context", "autocast_dtype", "FIELDS",
            "ComplexityError", "ImageItem"]
 
@@ -71,7 +73,9 @@ def autocast_context(precision: str, device: torch.device) -> contextlib.Abstrac
     dtype = autocast_dtype(precision, device)
     if dtype is None:
         return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=dtype)
+    # karl.precision's autocast also turns oneDNN on for CPU bf16 (karl.runtime may have turned
+    # it off for fp32, and bf16 convolutions without it are orders of magnitude slower).
+    return precision_autocast(device, "bf16" if dtype is torch.bfloat16 else "fp16")
 
 
 # ----------------------------------------------------------------------------- inputs

@@ -23,7 +23,6 @@ Targets (issue 12), each reported with its value:
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import numpy as np
@@ -33,17 +32,12 @@ from scipy.stats import spearmanr
 
 from analysis.kc_curve import compute_kc_curve
 from karl import LOSS_BINS, load_pretrained
-from karl.data.images import list_images, load_image, preprocess
 from karl.data.procedural import generate
 from karl.metrics import l1
 from karl.search import search_prefix_binary
+from heldout_set import load_photos, load_procedural, report_json
 
 FRESH_SEED = 4_000_000_000          # above every seed used for training and the held-out export
-
-
-def load_folder(folder: Path, size: int) -> tuple[torch.Tensor, list[str]]:
-    paths = list_images(folder)
-    return torch.stack([preprocess(load_image(p), size) for p in paths]), [p.name for p in paths]
 
 
 def fresh_family(family: str, n: int, size: int) -> torch.Tensor:
@@ -93,9 +87,8 @@ def main() -> None:
     model = load_pretrained(args.checkpoint).eval()
     size, root, k = model.image_size, Path(args.heldout), model.max_tokens
 
-    photos, _ = load_folder(root / "photos", size)
-    meta = pd.read_csv(root / "procedural" / "procedural.csv")
-    proc = torch.stack([preprocess(load_image(root / "procedural" / f), size) for f in meta["file"]])
+    photos = load_photos(root, size)
+    proc, meta = load_procedural(root, size)
     report: dict = {"checkpoint": str(args.checkpoint), "photos": len(photos), "procedural": len(proc),
                     "monotone_rule": mono}
     targets = []
@@ -169,10 +162,7 @@ def main() -> None:
 
     report["targets"] = targets
     report["targets_met"] = f"{sum(t['pass'] for t in targets)} of {len(targets)}"
-    print(json.dumps(report, indent=2))
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
+    report_json(report, args.out)
 
 
 if __name__ == "__main__":

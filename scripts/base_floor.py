@@ -14,7 +14,6 @@ For the held-out photo crops, mean pixel L1 of
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +21,7 @@ import torch
 from scipy.fft import dctn, idctn
 
 from karl import load_pretrained
-from karl.data.images import list_images, load_image, preprocess
+from heldout_set import load_photos, report_json
 from karl.metrics import l1
 
 
@@ -55,8 +54,7 @@ def main() -> None:
     p.add_argument("--out", default=None)
     args = p.parse_args()
     model = load_pretrained(args.checkpoint).eval()
-    paths = list_images(Path(args.heldout) / "photos")
-    x = torch.stack([preprocess(load_image(q), model.image_size) for q in paths])
+    x = load_photos(Path(args.heldout), model.image_size)
     with torch.no_grad():
         base = l1(model.base.decode(model.base.encode(x).features).clamp(0, 1), x).mean().item()
         karl_full = l1(model.reconstruct(x, num_tokens=model.max_tokens), x).mean().item()
@@ -64,16 +62,13 @@ def main() -> None:
     bottleneck = cfg.max_tokens * cfg.token_dim
     grid_floats = cfg.grid_size ** 2 * cfg.base.latent_dim
     arr = x.numpy().astype(np.float64)
-    rows = {"photos": len(paths), "image_size": model.image_size,
+    rows = {"photos": len(x), "image_size": model.image_size,
             "conv_ae_base": {"floats": grid_floats, "l1": round(base, 4)},
             "karl_full_budget": {"floats": bottleneck, "l1": round(karl_full, 4)}, "dct": []}
     for n in (bottleneck, 2 * bottleneck, grid_floats, 4 * bottleneck):
         rows["dct"].append({"floats": n, "zonal_l1": round(dct_l1(arr, n, "zonal"), 4),
                             "top_n_l1": round(dct_l1(arr, n, "top"), 4)})
-    print(json.dumps(rows, indent=2))
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(rows, indent=2) + "\n")
+    report_json(rows, args.out)
 
 
 if __name__ == "__main__":

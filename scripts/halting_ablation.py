@@ -18,21 +18,19 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
 from analysis._common import encode_many  # noqa: E402
 from karl import LOSS_BINS, load_pretrained  # noqa: E402
-from karl.data.images import list_images, load_image, preprocess  # noqa: E402
+from heldout_set import load_photos, load_procedural  # noqa: E402
 from karl.metrics import l1  # noqa: E402
 
 TABLE3_EPS = (0.05, 0.1, 0.2)
 
 
 def held_out(root: Path, size: int) -> dict[str, torch.Tensor]:
-    photos = torch.stack([preprocess(load_image(p), size) for p in list_images(root / "photos")])
-    meta = pd.read_csv(root / "procedural" / "procedural.csv")
-    proc = torch.stack([preprocess(load_image(root / "procedural" / f), size) for f in meta["file"]])
+    photos = load_photos(root, size)
+    proc, meta = load_procedural(root, size)
     simple = meta.family.isin(["flat", "gradient"]).to_numpy()
     return {"photos": photos, "procedural": proc, "flat+gradient": proc[torch.from_numpy(simple)]}
 

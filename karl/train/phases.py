@@ -35,6 +35,8 @@ from torch import Tensor
 from karl.config import TrainConfig
 from karl.metrics import l1 as per_image_l1
 from karl.model import KARL, epsilon_to_bin
+from karl.precision import autocast as precision_autocast
+from karl.precision import cpu_has_fast_bf16
 
 # recon_fn(head [b, c, g, g], phase) -> (loss, parts, reconstructed images or None); the
 # losses in karl/losses.py take the base grid's target as a third argument, bound by
@@ -103,7 +105,6 @@ def minimal_program_lengths(model: KARL, latents: Tensor, images: Tensor, cond: 
     b, k_max = latents.shape[:2]
     lengths = torch.tensor(grid, device=latents.device)
     positions = torch.arange(k_max, device=latents.device)[None]
-    latents = latents.detach()
 
     def meets(idx: Tensor) -> Tensor:
         with _label_autocast(latents.device):
@@ -124,10 +125,11 @@ def minimal_program_lengths(model: KARL, latents: Tensor, images: Tensor, cond: 
 
 def _label_autocast(device: torch.device):
     """bf16 for the label search where the CPU computes it natively (~2x faster here, no
-    gradient involved); on CUDA the training step's own autocast applies."""
-    fast = device.type == "cpu" and torch.backends.mkldnn.is_available() and \
-        torch.ops.mkldnn._is_mkldnn_bf16_supported()
-    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=fast) if fast else contextlib.nullcontext()
+    gradient involved; karl.precision also turns oneDNN on, without which bf16 convolutions
+    are far slower); on CUDA the training step's own autocast applies."""
+    if device.type == "cpu" and cpu_has_fast_bf16():
+        return precision_autocast(device, "bf16")
+    return contextlib.nullcontext()
 
 
 def minimal_halting_labels(lengths: Tensor, max_tokens: int) -> Tensor:
