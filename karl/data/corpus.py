@@ -40,6 +40,7 @@ from torch import Tensor
 from torch.utils.data import Dataset, IterableDataset
 
 from karl.data.images import load_image, random_resized_crop
+from karl.paths import cache_dir
 
 __all__ = ["PhotoSource", "PYPI_PHOTOS", "DEBIAN_PHOTOS", "build_corpus", "load_manifest", "split_sources",
            "fetch_debian_packages", "RandomCropDataset", "FixedCropDataset", "MANIFEST", "shard_seed"]
@@ -164,10 +165,6 @@ def fetch_debian_packages(dest: Path, packages: tuple[str, ...] = ("plasma-works
     return root
 
 
-def _cache_dir() -> Path:
-    return Path(os.environ.get("KARL_CACHE", Path.home() / ".cache" / "karl")).expanduser()
-
-
 def _is_root() -> bool:
     return hasattr(os, "geteuid") and os.geteuid() == 0
 
@@ -186,7 +183,7 @@ def build_corpus(out_dir: str | Path, verbose: bool = True, with_debian: bool = 
     out.mkdir(parents=True, exist_ok=True)
     roots = [Path(r) for r in debian_roots]
     if with_debian:
-        roots.append(fetch_debian_packages(_cache_dir() / "debian", verbose=verbose))
+        roots.append(fetch_debian_packages(cache_dir("debian"), verbose=verbose))
     entries, missing, seen = [], [], {}
     for src in PYPI_PHOTOS + DEBIAN_PHOTOS:
         found = _locate(src, roots)
