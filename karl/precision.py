@@ -16,21 +16,29 @@ halting probabilities are always computed in float32 from the logits.
   layout, so fp32 results are bitwise those of a model that never had a precision set.
 - Halting decisions are thresholds on probabilities, so reduced precision can flip a
   token whose probability lies near the threshold. Every reduced-precision ``encode``
-  counts the tokens within :data:`HALT_MARGIN` of it in ``model.precision_stats`` and warns
-  once per model when there are any: the program may differ from fp32's there.
+  therefore re-checks: an image with any token within :data:`HALT_MARGIN` of the threshold
+  is encoded again in fp32 (base tokenizer included) and takes that program, so the kept
+  tokens are fp32's as long as reduced precision moves no probability by HALT_MARGIN or more
+  (the largest move measured: 0.017, benchmarks/inference_speed.py and docs/OFFICIAL.md).
+  Images far from the threshold, most of them under a trained head, pay nothing extra.
+  ``set_precision(model, p, recheck=False)`` turns the re-check off (faster, and the
+  decisions may then differ from fp32's near the threshold: it warns once when that can
+  happen). ``model.precision_stats`` counts images, near-threshold tokens and re-checks.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
+import inspect
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 __all__ = ["HALT_MARGIN", "PRECISIONS", "autocast", "cpu_has_fast_bf16", "resolve_precision",
            "set_precision"]
@@ -107,64 +115,120 @@ def _to_float(x: Any) -> Any:
     """Floating tensors (also inside an Encoding / BaseGrid) back to float32, NCHW."""
     if isinstance(x, torch.Tensor):
         return x.float().contiguous() if x.is_floating_point() else x
-    if hasattr(x, "__dataclass_fields__"):
-        for name in x.__dataclass_fields__:
-            setattr(x, name, _to_float(getattr(x, name)))
+    if dataclasses.is_dataclass(x) and not isinstance(x, type):
+        return dataclasses.replace(x, **{f.name: _to_float(getattr(x, f.name))
+                                         for f in dataclasses.fields(x) if f.init})
     return x
 
 
-def _count_near_threshold(model: nn.Module, enc: Any) -> None:
-    probs = getattr(enc, "halting_probs", None)
-    if probs is None:
-        return
-    near = int(((probs - model.config.halt_threshold).abs() < HALT_MARGIN).sum())
+def _near_threshold(model: nn.Module, probs: Tensor) -> Tensor:
+    """[B, K] bool: decisions reduced precision may have flipped."""
+    return (probs - model.config.halt_threshold).abs() < HALT_MARGIN
+
+
+def _set_conv_layout(model: nn.Module, fmt: torch.memory_format) -> None:
+    for m in model.base.modules():
+        if isinstance(m, nn.Conv2d):
+            m.to(memory_format=fmt)
+
+
+def _fp32_encode(model: nn.Module, method: Callable[..., Any], call: inspect.BoundArguments,
+                 rows: Tensor) -> Any:
+    """``encode`` of the images in ``rows`` exactly as an fp32 model runs it: no autocast, the
+    default conv layout, and the base grid recomputed (a cached one came from reduced precision)."""
+    args = dict(call.arguments)
+    args["images"] = args["images"][rows]
+    args.pop("base_grid", None)
+    eps = args.get("epsilon")
+    if isinstance(eps, torch.Tensor) and eps.ndim == 1:
+        args["epsilon"] = eps[rows.to(eps.device)]
+    cpu_layout = model.device.type == "cpu"
+    if cpu_layout:
+        _set_conv_layout(model, torch.contiguous_format)
+    try:
+        with torch.autocast(model.device.type, enabled=False):
+            return method(**args)
+    finally:
+        if cpu_layout:
+            _set_conv_layout(model, torch.channels_last)
+
+
+def _merge(enc: Any, rows: Tensor, exact: Any) -> Any:
+    """``enc`` with the programs of ``rows`` replaced by ``exact``'s (same budget)."""
+    def put(x: Tensor | None, y: Tensor | None) -> Tensor | None:
+        if x is None:
+            return None
+        x = x.clone()
+        x[rows.to(x.device)] = y.to(x.device, x.dtype)
+        return x
+    return dataclasses.replace(enc, **{f.name: put(getattr(enc, f.name), getattr(exact, f.name))
+                                       for f in dataclasses.fields(enc) if f.init})
+
+
+def _checked_encode(model: nn.Module, method: Callable[..., Any], enc: Any,
+                    call: inspect.BoundArguments) -> Any:
+    """Count near-threshold decisions; re-encode their images in fp32 (module doc)."""
+    near = _near_threshold(model, enc.halting_probs)
+    at_risk = near.any(-1)
     stats = model.precision_stats
-    stats["images"] += probs.shape[0]
-    stats["near_threshold_tokens"] += near
-    if near and not stats["warned"]:
+    stats["images"] += enc.halting_probs.shape[0]
+    stats["near_threshold_tokens"] += int(near.sum())
+    if not bool(at_risk.any()):
+        return enc
+    if model.precision_recheck:
+        rows = at_risk.nonzero().squeeze(1)
+        stats["rechecked_images"] += len(rows)
+        return _merge(enc, rows, _fp32_encode(model, method, call, rows.to(model.device)))
+    if not stats["warned"]:
         stats["warned"] = True
         warnings.warn(
-            f"{near} halting decision(s) within {HALT_MARGIN} of the threshold under "
-            f"{model.precision}: the kept tokens may differ from fp32 there (use "
-            f"precision='fp32' for the reference programs; model.precision_stats counts them)",
-            stacklevel=3)
+            f"{int(near.sum())} halting decision(s) within {HALT_MARGIN} of the threshold under "
+            f"{model.precision} with the fp32 re-check off: the kept tokens may differ from "
+            f"fp32 there (set_precision(model, ..., recheck=True) re-checks them; "
+            f"model.precision_stats counts them)", stacklevel=4)
+    return enc
 
 
 def _wrap(model: nn.Module, name: str) -> Callable[..., Any]:
     method = getattr(type(model), name).__get__(model)
+    signature = inspect.signature(method)
 
     @functools.wraps(method)
     def run(*args: Any, **kwargs: Any) -> Any:
-        if resolve_precision(model.precision, model.device) == "fp32":
-            return method(*args, **kwargs)           # e.g. auto after a move to another device
-        with autocast(model.device, model.precision):
-            out = method(*args, **kwargs)
-        out = _to_float(out)
-        if name == "encode":
-            _count_near_threshold(model, out)
+        if resolve_precision(model.precision, model.device) == "fp32" or model._precision_active:
+            return method(*args, **kwargs)   # fp32 (e.g. auto after a move), or nested in a wrapped call
+        model._precision_active = True
+        try:
+            with autocast(model.device, model.precision):
+                out = _to_float(method(*args, **kwargs))
+            if name == "encode":
+                out = _checked_encode(model, method, out, signature.bind(*args, **kwargs))
+        finally:
+            model._precision_active = False
         return out
 
     return run
 
 
-def set_precision(model: nn.Module, precision: str = "fp32") -> nn.Module:
+def set_precision(model: nn.Module, precision: str = "fp32", recheck: bool = True) -> nn.Module:
     """Run ``model``'s inference methods at ``precision``; returns the model.
 
     ``auto`` is resolved on each call against the model's current device, so moving the
-    model later keeps the right choice. ``model.precision`` holds the name asked for;
-    ``model.precision_stats`` the near-threshold counts (module doc).
+    model later keeps the right choice. ``recheck`` re-encodes in fp32 the images with a
+    halting decision near the threshold (module doc). ``model.precision`` holds the name
+    asked for; ``model.precision_stats`` the near-threshold and re-check counts.
     """
     reduced = resolve_precision(precision, model.device) != "fp32"   # also validates
     model.precision = precision
-    model.precision_stats = {"images": 0, "near_threshold_tokens": 0, "warned": False}
+    model.precision_recheck = bool(recheck)
+    model._precision_active = False
+    model.precision_stats = {"images": 0, "near_threshold_tokens": 0, "rechecked_images": 0,
+                             "warned": False}
     for name in _WRAPPED:
         model.__dict__.pop(name, None)
         if precision != "fp32":
             setattr(model, name, _wrap(model, name))
     # The layout follows the device the model is on now: call again after moving it.
     fast_layout = reduced and model.device.type == "cpu"
-    fmt = torch.channels_last if fast_layout else torch.contiguous_format
-    for m in model.base.modules():
-        if isinstance(m, nn.Conv2d):
-            m.to(memory_format=fmt)
+    _set_conv_layout(model, torch.channels_last if fast_layout else torch.contiguous_format)
     return model

@@ -9,7 +9,7 @@ import torch
 
 from karl import build_model, load_pretrained, save_pretrained
 from karl.precision import (
-    HALT_MARGIN, autocast, cpu_has_fast_bf16, resolve_precision, set_precision,
+    autocast, cpu_has_fast_bf16, resolve_precision, set_precision,
 )
 
 torch.set_num_threads(1)
@@ -40,6 +40,14 @@ def test_autocast_context_and_onednn_flag_restored():
         torch.backends.mkldnn.enabled = before
 
 
+def _pin_halting_at_threshold(model):
+    """Halting logits at the threshold for every token (every decision at risk under bf16)."""
+    with torch.no_grad():
+        last = model.halting_mlp[2]
+        last.weight.mul_(1e-3)
+        last.bias.fill_(torch.logit(torch.tensor(model.config.halt_threshold)).item())
+
+
 def test_bf16_path_close_to_fp32_and_fp32_restored(tiny_model, tiny_images):
     enc32 = tiny_model.encode(tiny_images, epsilon=0.05)
     rec32 = tiny_model.decode(enc32)
@@ -50,10 +58,8 @@ def test_bf16_path_close_to_fp32_and_fp32_restored(tiny_model, tiny_images):
     rec16 = tiny_model.decode(enc16)
     assert rec16.dtype == enc16.latents.dtype == enc16.halting_probs.dtype == torch.float32
     assert rec16.is_contiguous() and 0 < (rec16 - rec32).abs().max() < 0.1
-    # Any decision that moved was near the threshold (that is what precision_stats counts).
-    moved = enc16.keep != enc32.keep
-    near = (enc32.halting_probs - tiny_model.config.halt_threshold).abs() < HALT_MARGIN
-    assert not (moved & ~near).any()
+    assert torch.equal(enc16.keep, enc32.keep)                   # the re-check's promise
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)   # restored after it
     assert tiny_model.precision_stats["images"] == len(tiny_images)
     # Reconstruct and a cached grid go through the same path.
     grid = tiny_model.base_encode(tiny_images)
@@ -65,16 +71,44 @@ def test_bf16_path_close_to_fp32_and_fp32_restored(tiny_model, tiny_images):
     assert torch.equal(tiny_model.decode(tiny_model.encode(tiny_images, epsilon=0.05)), rec32)
 
 
-def test_near_threshold_decisions_warn_once(tiny_model, tiny_images):
-    """Halting logits pinned at the threshold: every decision is at risk under bf16."""
-    with torch.no_grad():
-        last = tiny_model.halting_mlp[2]
-        last.weight.zero_()
-        last.bias.fill_(torch.logit(torch.tensor(tiny_model.config.halt_threshold)).item())
+def test_recheck_gives_fp32_programs_for_images_near_the_threshold(tiny_model, tiny_images):
+    """Every decision pinned near the threshold: every image is re-encoded in fp32, so the
+    encoding is bitwise fp32's, also with per-image epsilons and a cached (bf16) base grid."""
+    _pin_halting_at_threshold(tiny_model)
+    eps = torch.tensor([0.02, 0.05, 0.1, 0.2])[: len(tiny_images)]
+    enc32 = tiny_model.encode(tiny_images, epsilon=eps)
+    mono32 = tiny_model.encode(tiny_images, epsilon=eps, monotone=True)
     set_precision(tiny_model, "bf16")
-    with pytest.warns(UserWarning, match="within 0.02 of the threshold under bf16"):
+    grid16 = tiny_model.base_encode(tiny_images)
+    for kwargs, ref in (({}, enc32), ({"base_grid": grid16}, enc32), ({"monotone": True}, mono32)):
+        enc = tiny_model.encode(tiny_images, epsilon=eps, **kwargs)
+        for name in ("latents", "halting_probs", "keep", "epsilon"):
+            assert torch.equal(getattr(enc, name), getattr(ref, name)), (name, kwargs)
+    stats = tiny_model.precision_stats
+    assert stats["rechecked_images"] == stats["images"] == 3 * len(tiny_images)
+    assert stats["near_threshold_tokens"] == 3 * enc32.keep.numel()
+
+
+def test_recheck_only_touches_images_near_the_threshold(tiny_model, tiny_images):
+    """Halting far from the threshold: no image is re-encoded; the bf16 values are kept."""
+    with torch.no_grad():
+        tiny_model.halting_mlp[2].weight.zero_()
+        tiny_model.halting_mlp[2].bias.fill_(-8.0)                # prob 3e-4: keep everything
+    set_precision(tiny_model, "bf16")
+    enc = tiny_model.encode(tiny_images, epsilon=0.05)
+    assert bool(enc.keep.all()) and tiny_model.precision_stats["rechecked_images"] == 0
+    set_precision(tiny_model, "fp32")
+    assert not torch.equal(enc.latents, tiny_model.encode(tiny_images, epsilon=0.05).latents)
+
+
+def test_near_threshold_decisions_warn_once_without_recheck(tiny_model, tiny_images):
+    _pin_halting_at_threshold(tiny_model)
+    set_precision(tiny_model, "bf16", recheck=False)
+    with pytest.warns(UserWarning, match="within 0.02 of the threshold under bf16 with the fp32 "
+                                         "re-check off"):
         enc = tiny_model.encode(tiny_images, epsilon=0.05)
     assert tiny_model.precision_stats["near_threshold_tokens"] == enc.keep.numel()
+    assert tiny_model.precision_stats["rechecked_images"] == 0
     with warnings.catch_warnings():
         warnings.simplefilter("error")                 # the second call does not warn again
         tiny_model.encode(tiny_images, epsilon=0.05)

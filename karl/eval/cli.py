@@ -169,8 +169,9 @@ def run(args: argparse.Namespace) -> dict | None:
                           "searches": plan.searches, "budget": plan.budget, "batch_size": args.batch_size,
                           "halting_margins": list(HALT_MARGINS), "torch": torch.__version__},
                "skipped": skipped, **summary}
-    if resolved != "fp32":  # halting decisions that reduced precision may have moved
-        summary["config"]["near_threshold_tokens"] = model.precision_stats["near_threshold_tokens"]
+    if resolved != "fp32":  # halting decisions near the threshold, re-encoded in fp32
+        for key in ("near_threshold_tokens", "rechecked_images"):
+            summary["config"][key] = model.precision_stats[key]
     if args.rfid:
         summary["rfid"] = compute_rfid(out, tasks, source.ids, rfid.error if rfid else None)
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
