@@ -17,8 +17,9 @@ import html
 import subprocess
 import sys
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
@@ -209,6 +210,123 @@ def _human_section(model, human_df: pd.DataFrame, save, out_dir: Path, *, epsilo
             _details("All correlations (with p-values)", _table(corr, 200)), _csv_note(paths, out_dir)]
 
 
+@dataclass(frozen=True)
+class _Run:
+    """What every section reads: the model, the data set, the shared settings and the CSV folder."""
+    model: Any
+    images: Tensor
+    names: list[str]
+    epsilon: float
+    seed: int
+    batch_size: int
+    bucket_size: int
+    csv_dir: Path
+    out_dir: Path
+
+    def save(self, obj, name: str) -> Path:
+        path = self.csv_dir / name
+        (obj if isinstance(obj, pd.DataFrame) else obj.to_frame()).to_csv(path, index=False)
+        return path
+
+
+def _section(key: str, *body: str) -> str:
+    return f"<section id='{key}'><h2>{html.escape(SECTIONS[key])}</h2>{''.join(body)}</section>"
+
+
+def _model_section(run: _Run, model_desc: str, data_desc: str) -> list[str]:
+    """Section "Model and data": what was measured, on what, when."""
+    model, cfg = run.model, run.model.config
+    size, k_max = int(model.image_size), int(model.max_tokens)
+    info = pd.DataFrame({"item": ["model", "image size", "max tokens (K)", "width / layers",
+                                  "base tokenizer", "quantised", "data", "epsilon", "generated"],
+                         "value": [model_desc or type(model).__name__, f"{size} x {size}", k_max,
+                                   f"{cfg.width} / {cfg.encoder_layers}+{cfg.decoder_layers}",
+                                   cfg.base.kind, cfg.quantize, data_desc or f"{len(run.names)} images",
+                                   run.epsilon, _dt.datetime.now().isoformat(timespec="seconds")]})
+    return [info.to_html(index=False, border=0, classes="num"),
+            "<p class='note'>KC-hat(x; epsilon) is the number of 1D tokens KARL keeps (halting "
+            f"probability <= {cfg.halt_threshold:g}) to reconstruct x within pixel L1 epsilon; "
+            "sum(1 - p) is its continuous version (expected kept tokens).</p>"]
+
+
+def _halting_section(run: _Run, rep: int) -> list[str]:
+    """Section 1: halting per token for the representative image ``rep``."""
+    image, epsilon = run.images[rep], run.epsilon
+    halting = compute_halting(run.model, image)
+    p_halt = run.save(halting, "halting.csv")
+    return [f"<p>Image <b>{html.escape(run.names[rep])}</b> (median KC-hat of the data set at epsilon "
+            f"{epsilon:g}): <img src='{_thumb_uri(image.cpu(), 96)}' width=96 height=96 "
+            "style='vertical-align:middle;image-rendering:pixelated'></p>",
+            _fig_html(plot_halting(halting, epsilon)), _fig_html(plot_halting_heatmap(halting)),
+            _details("KC-hat of this image per epsilon", _table(pd.DataFrame(
+                {"epsilon": halting.epsilons, "kc_hat": halting.kc_hat,
+                 "continuous_kc": halting.continuous_kc}))),
+            _csv_note([p_halt], run.out_dir)]
+
+
+def _kc_curve_section(run: _Run, curve, rep: int) -> list[str]:
+    """Section 2: KC-hat vs epsilon of the representative image, then of the whole set."""
+    single = compute_kc_curve(run.model, run.images[rep:rep + 1], names=[run.names[rep]])
+    p_curve, p_sum = run.save(curve, "kc_curve.csv"), run.save(curve.summary(), "kc_curve_summary.csv")
+    named = run.names if len(run.names) <= 8 else None
+    return [_fig_html(plot_kc_curve(single, mark_epsilon=run.epsilon)),
+            _fig_html(plot_kc_curve(curve, mark_epsilon=run.epsilon, names=named)),
+            _table(curve.summary(), 25), _csv_note([p_curve, p_sum], run.out_dir)]
+
+
+def _structure_section(run: _Run) -> list[str]:
+    """Section 3: structure vs noise on the standard probes, then Delta over probes and data set."""
+    model, names = run.model, run.names
+    probes, probe_names = standard_probe_images(int(model.image_size), seed=run.seed)
+    sweep = compute_token_sweep(model, probes, probe_names, batch_size=run.batch_size)
+    delta = compute_delta(model, torch.cat([probes, run.images]), epsilon=run.epsilon,
+                          names=probe_names + names, batch_size=run.batch_size, show_progress=True)
+    labels = probe_names + ["data set"] * len(names)
+    p_sweep, p_delta = run.save(sweep, "token_sweep.csv"), run.save(delta, "delta.csv")
+    thumbs = "".join(f"<span class='probe'><img src='{_thumb_uri(probes[i], 72)}' width=72 height=72>"
+                     f"{html.escape(n)}</span>" for i, n in enumerate(probe_names))
+    sweep_table = sweep.to_frame().pivot(index="image", columns="tokens", values="l1").reset_index()
+    sweep_table.columns = ["image"] + [f"L1 @ {c}" for c in sweep_table.columns[1:]]
+    return [f"<div>{thumbs}</div>", _fig_html(plot_token_sweep(sweep)), _table(sweep_table),
+            f"<p>Delta = L1({delta.small_budget} tokens) - L1({delta.full_budget} tokens): how much "
+            "the extra tokens help. Noise: high KC-hat, Delta ~ 0; simple structure: low KC-hat.</p>",
+            _fig_html(plot_kc_vs_delta(delta, labels)), _table(delta.to_frame().head(len(probe_names))),
+            _csv_note([p_sweep, p_delta], run.out_dir)]
+
+
+def _gallery_section(run: _Run, kc_eps: np.ndarray) -> list[str]:
+    """Section 4: the data set bucketed by KC-hat at epsilon."""
+    gal = compute_gallery(kc_eps, run.bucket_size, run.names)
+    p_gal = run.save(gal, "gallery.csv")
+    counts = gal.to_frame().groupby(["bucket_low", "bucket_high"]).size().reset_index(name="images")
+    title = f"KC-hat at epsilon {run.epsilon:g}, buckets of {run.bucket_size} tokens"
+    return [gallery_html(run.images.cpu(), kc_eps, run.bucket_size, run.names, title=title),
+            _table(counts), _csv_note([p_gal], run.out_dir)]
+
+
+def _human_or_hint_section(run: _Run, human_df: pd.DataFrame | None, *, n_boot: int,
+                           epsilons: Sequence[float], proxy_size: int | None) -> list[str]:
+    """Section 5: correlations with human scores, or how to get them when none were given."""
+    if human_df is None or not len(human_df):
+        return ["<p class='note'>No human scores given. Pass <code>--human PATH</code> "
+                "(the Savoias folder or a CSV of scores) to correlate KC-hat with human "
+                "complexity; see docs/ANALYSIS.md.</p>"]
+    return _human_section(run.model, human_df, run.save, run.out_dir, epsilon=run.epsilon,
+                          epsilons=epsilons, proxy_size=proxy_size, n_boot=n_boot, seed=run.seed,
+                          batch_size=run.batch_size, k_max=int(run.model.max_tokens),
+                          bucket_size=run.bucket_size)
+
+
+def _description_section(run: _Run, n_per_family: int) -> list[str]:
+    """Section 6: KC-hat against the known description length of procedural images."""
+    dl = compute_description_length(run.model, n_per_family=n_per_family, size=int(run.model.image_size),
+                                    seed=run.seed, epsilon=run.epsilon, batch_size=run.batch_size)
+    p_dl = run.save(dl.samples, "description_length.csv")
+    p_dlc = run.save(dl.correlations, "description_length_correlations.csv")
+    return [_fig_html(plot_description_length(dl)), _table(dl.correlations),
+            _csv_note([p_dl, p_dlc], run.out_dir)]
+
+
 def build_report(model, images: Tensor, names: Sequence[str], out_html: str | Path,
                  human_df: pd.DataFrame | None = None, *, epsilon: float = 0.05,
                  csv_dir: str | Path | None = None, n_per_family: int = 6, seed: int = 0,
@@ -229,126 +347,36 @@ def build_report(model, images: Tensor, names: Sequence[str], out_html: str | Pa
     Returns the path of the HTML file.
     """
     out_html = Path(out_html)
-    out_dir = out_html.parent
-    csv_dir = Path(csv_dir) if csv_dir is not None else out_dir / f"{out_html.stem}_data"
+    csv_dir = Path(csv_dir) if csv_dir is not None else out_html.parent / f"{out_html.stem}_data"
     csv_dir.mkdir(parents=True, exist_ok=True)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_html.parent.mkdir(parents=True, exist_ok=True)
     images = check_images(images, model.image_size)
     names = list(names)
     assert len(names) == images.shape[0], f"{len(names)} names for {images.shape[0]} images"
-    k_max, size = int(model.max_tokens), int(model.image_size)
-    bucket_size = bucket_size or max(1, k_max // 8)
-    parts: list[str] = []
-
-    def section(key: str, *body: str) -> None:
-        parts.append(f"<section id='{key}'><h2>{html.escape(SECTIONS[key])}</h2>{''.join(body)}</section>")
-
-    def save(obj, name: str) -> Path:
-        path = csv_dir / name
-        (obj if isinstance(obj, pd.DataFrame) else obj.to_frame()).to_csv(path, index=False)
-        return path
-
-    steps = ["kc curve", "halting", "structure vs noise", "gallery", "human", "description length",
-             "tokens"]
-    from tqdm.auto import tqdm
-    bar = tqdm(total=len(steps), desc="report")
+    run = _Run(model, images, names, epsilon, seed, batch_size,
+               bucket_size or max(1, int(model.max_tokens) // 8), csv_dir, out_html.parent)
 
     # The data-set curve (section 2) first: it picks the representative image of section 1.
     curve = compute_kc_curve(model, images, batch_size=batch_size, names=names, show_progress=True)
-    e_idx = int(np.argmin(np.abs(curve.epsilons - epsilon)))
-    kc_eps = curve.kc_hat[:, e_idx]
+    kc_eps = curve.kc_hat[:, int(np.argmin(np.abs(curve.epsilons - epsilon)))]
     rep = int(np.argsort(kc_eps, kind="stable")[len(kc_eps) // 2])  # median KC-hat image
-    bar.update()
-
-    cfg = model.config
-    info = pd.DataFrame({"item": ["model", "image size", "max tokens (K)", "width / layers",
-                                  "base tokenizer", "quantised", "data", "epsilon", "generated"],
-                         "value": [model_desc or type(model).__name__, f"{size} x {size}", k_max,
-                                   f"{cfg.width} / {cfg.encoder_layers}+{cfg.decoder_layers}",
-                                   cfg.base.kind, cfg.quantize, data_desc or f"{len(names)} images",
-                                   epsilon, _dt.datetime.now().isoformat(timespec="seconds")]})
+    # Built in page order, each when its turn comes (the timestamp is taken after the curve).
+    sections = {
+        "model": lambda: _model_section(run, model_desc, data_desc),
+        "halting": lambda: _halting_section(run, rep),
+        "kc_curve": lambda: _kc_curve_section(run, curve, rep),
+        "structure": lambda: _structure_section(run),
+        "gallery": lambda: _gallery_section(run, kc_eps),
+        "human": lambda: _human_or_hint_section(run, human_df, n_boot=n_boot, epsilons=human_epsilons,
+                                                proxy_size=proxy_size),
+        "description": lambda: _description_section(run, n_per_family),
+        "tokens": lambda: _tokens_section(model, images[rep], names[rep], epsilon, run.save, run.out_dir),
+    }
     nav = " ".join(f"<a href='#{k}'>{html.escape(v)}</a>" for k, v in SECTIONS.items())
-    parts.append(f"<h1>{html.escape(title)}</h1><nav>{nav}</nav>")
-    section("model", info.to_html(index=False, border=0, classes="num"),
-            "<p class='note'>KC-hat(x; epsilon) is the number of 1D tokens KARL keeps (halting "
-            f"probability <= {cfg.halt_threshold:g}) to reconstruct x within pixel L1 epsilon; "
-            "sum(1 - p) is its continuous version (expected kept tokens).</p>")
-
-    # 1. Halting per token for the representative image.
-    halting = compute_halting(model, images[rep])
-    p_halt = save(halting, "halting.csv")
-    section("halting",
-            f"<p>Image <b>{html.escape(names[rep])}</b> (median KC-hat of the data set at epsilon "
-            f"{epsilon:g}): <img src='{_thumb_uri(images[rep].cpu(), 96)}' width=96 height=96 "
-            "style='vertical-align:middle;image-rendering:pixelated'></p>",
-            _fig_html(plot_halting(halting, epsilon)), _fig_html(plot_halting_heatmap(halting)),
-            _details("KC-hat of this image per epsilon", _table(pd.DataFrame(
-                {"epsilon": halting.epsilons, "kc_hat": halting.kc_hat,
-                 "continuous_kc": halting.continuous_kc}))),
-            _csv_note([p_halt], out_dir))
-    bar.update()
-
-    single = compute_kc_curve(model, images[rep:rep + 1], names=[names[rep]])
-    p_curve, p_sum = save(curve, "kc_curve.csv"), save(curve.summary(), "kc_curve_summary.csv")
-    named = names if len(names) <= 8 else None
-    section("kc_curve", _fig_html(plot_kc_curve(single, mark_epsilon=epsilon)),
-            _fig_html(plot_kc_curve(curve, mark_epsilon=epsilon, names=named)),
-            _table(curve.summary(), 25), _csv_note([p_curve, p_sum], out_dir))
-
-    # 3. Structure vs noise.
-    probes, probe_names = standard_probe_images(size, seed=seed)
-    sweep = compute_token_sweep(model, probes, probe_names, batch_size=batch_size)
-    all_images = torch.cat([probes, images])
-    delta = compute_delta(model, all_images, epsilon=epsilon, names=probe_names + names,
-                          batch_size=batch_size, show_progress=True)
-    labels = probe_names + ["data set"] * len(names)
-    p_sweep, p_delta = save(sweep, "token_sweep.csv"), save(delta, "delta.csv")
-    thumbs = "".join(f"<span class='probe'><img src='{_thumb_uri(probes[i], 72)}' width=72 height=72>"
-                     f"{html.escape(n)}</span>" for i, n in enumerate(probe_names))
-    sweep_table = sweep.to_frame().pivot(index="image", columns="tokens", values="l1").reset_index()
-    sweep_table.columns = ["image"] + [f"L1 @ {c}" for c in sweep_table.columns[1:]]
-    section("structure", f"<div>{thumbs}</div>", _fig_html(plot_token_sweep(sweep)), _table(sweep_table),
-            f"<p>Delta = L1({delta.small_budget} tokens) - L1({delta.full_budget} tokens): how much "
-            "the extra tokens help. Noise: high KC-hat, Delta ~ 0; simple structure: low KC-hat.</p>",
-            _fig_html(plot_kc_vs_delta(delta, labels)), _table(delta.to_frame().head(len(probe_names))),
-            _csv_note([p_sweep, p_delta], out_dir))
-    bar.update()
-
-    # 4. Gallery.
-    gal = compute_gallery(kc_eps, bucket_size, names)
-    p_gal = save(gal, "gallery.csv")
-    counts = gal.to_frame().groupby(["bucket_low", "bucket_high"]).size().reset_index(name="images")
-    section("gallery", gallery_html(images.cpu(), kc_eps, bucket_size, names,
-                                    title=f"KC-hat at epsilon {epsilon:g}, buckets of {bucket_size} tokens"),
-            _table(counts), _csv_note([p_gal], out_dir))
-    bar.update()
-
-    # 5. Human complexity.
-    if human_df is not None and len(human_df):
-        section("human", *_human_section(
-            model, human_df, save, out_dir, epsilon=epsilon, epsilons=human_epsilons,
-            proxy_size=proxy_size, n_boot=n_boot, seed=seed, batch_size=batch_size, k_max=k_max,
-            bucket_size=bucket_size))
-    else:
-        section("human", "<p class='note'>No human scores given. Pass <code>--human PATH</code> "
-                "(the Savoias folder or a CSV of scores) to correlate KC-hat with human "
-                "complexity; see docs/ANALYSIS.md.</p>")
-    bar.update()
-
-    # 6. Description length of procedural images.
-    dl = compute_description_length(model, n_per_family=n_per_family, size=size, seed=seed,
-                                    epsilon=epsilon, batch_size=batch_size)
-    p_dl, p_dlc = save(dl.samples, "description_length.csv"), save(dl.correlations,
-                                                                   "description_length_correlations.csv")
-    section("description", _fig_html(plot_description_length(dl)), _table(dl.correlations),
-            _csv_note([p_dl, p_dlc], out_dir))
-    bar.update()
-
-    # 7. Progressive decoding and token maps of the section-1 image.
-    section("tokens", *_tokens_section(model, images[rep], names[rep], epsilon, save, out_dir))
-    bar.update()
-    bar.close()
-
+    parts = [f"<h1>{html.escape(title)}</h1><nav>{nav}</nav>"]
+    from tqdm.auto import tqdm
+    for key in tqdm(SECTIONS, desc="report"):
+        parts.append(_section(key, *sections[key]()))
     out_html.write_text(_page(title, "".join(parts)), encoding="utf-8")
     return out_html
 

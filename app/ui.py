@@ -14,6 +14,7 @@ import html
 import logging
 import shutil
 import traceback
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -304,146 +305,180 @@ def _placeholder_figure():
     return fig
 
 
+@dataclass(frozen=True)
+class TokenizeTab:
+    """The Tokenize tab's visible components that its events read and write."""
+    image: Any
+    epsilon: Any
+    budget: Any
+    outputs: list  # slider, kc, ckc, metrics, heat, halting, curve, kept, notices (tokenize_page's order)
+
+
+def _tokenize_controls(c, bins: list[float], examples: list[str]) -> tuple:
+    """The Tokenize tab's left column: image, epsilon, budget, notices, examples."""
+    image = SafeImage(type="filepath", image_mode=None, sources=["upload", "clipboard"],
+                      label="Image", height=300, elem_id="input-image")
+    epsilon = SafeSlider(bins[0], bins[-1], value=0.05, step=0.005, label="epsilon",
+                        info="target pixel L1; rounded up to the next loss bin "
+                             f"({', '.join(f'{b:g}' for b in bins)})",
+                        elem_id="epsilon-slider")
+    # Above the trained budget tokens never halt (check_request clamps it).
+    budget = SafeSlider(1, c.max_tokens, value=c.max_tokens, step=1,
+                        label="token budget", info=f"the model was trained with up to "
+                                                  f"{c.max_tokens} tokens",
+                        elem_id="budget-slider")
+    notices = gr.Markdown(_NO_IMAGE, elem_id="notices")
+    if examples:
+        gr.Examples(examples=[[p] for p in examples], inputs=[image], examples_per_page=16,
+                    label="Examples: photos, then procedural images of rising complexity")
+    return image, epsilon, budget, notices
+
+
+def _tokenize_layout(c, bins: list[float], examples: list[str]) -> TokenizeTab:
+    """The Tokenize tab's components, placed (no events)."""
+    with gr.Row():
+        with gr.Column(scale=2, min_width=300):
+            image, epsilon, budget, notices = _tokenize_controls(c, bins, examples)
+        with gr.Column(scale=3, min_width=400):
+            slider = gr.ImageSlider(label="original | reconstruction", type="numpy", height=360, format="png",
+                                    buttons=["download", "fullscreen"], interactive=False)
+            with gr.Row():
+                # Text boxes, empty with a hint until there is a result: gr.Number's
+                # frontend shows "0" for no value, which reads as a result.
+                kc = gr.Textbox("", label="Tokens used (KC-hat)", interactive=False, max_lines=1,
+                                placeholder="no image yet", elem_id="kc-hat")
+                ckc = gr.Textbox("", label="Continuous complexity sum(1 - p)", interactive=False,
+                                 max_lines=1, placeholder="no image yet", elem_id="continuous-kc")
+            metrics = gr.Markdown(elem_id="metrics")
+    with gr.Row():
+        heat = gr.Image(label=f"|error| per pixel (black 0, yellow >= {inf.ERROR_VMAX:g})",
+                        type="numpy", format="png", interactive=False, height=300,
+                        buttons=["download", "fullscreen"])
+        halting = gr.Plot(_placeholder_figure(), label="halting probability per token",
+                          elem_id="halting-plot")
+    with gr.Row():
+        curve = gr.Plot(_placeholder_figure(), label="KC-hat vs epsilon for this image",
+                        elem_id="curve-plot")
+        kept = gr.JSON(label="kept tokens (positions; codebook ids for quantised models)", open=True)
+    return TokenizeTab(image, epsilon, budget, [slider, kc, ckc, metrics, heat, halting, curve, kept, notices])
+
+
+def _tokenize_events(model, tab: TokenizeTab, run_model: dict) -> None:
+    """Every event of the Tokenize tab: the page's own, and the /tokenize and /complexity APIs."""
+    image, epsilon, budget, outputs = tab.image, tab.epsilon, tab.budget, tab.outputs
+    # The page: a bad input clears the outputs and is shown once, in the notices.
+    # /tokenize (below) fills the same components but returns the two numbers as
+    # numbers (hidden gr.Number outputs) for API clients.
+    gr.on([image.change, epsilon.change, budget.change],
+          lambda i, e, b: tokenize_page(model, i, e, b), inputs=[image, epsilon, budget],
+          outputs=outputs, trigger_mode="always_last", show_progress="full",
+          api_visibility="private", **run_model)
+
+    # API only (hidden components). /tokenize: the page's outputs; a bad input raises
+    # (gradio_client's AppError). /complexity: JSON for scripts.
+    with gr.Row(visible=False):
+        t_btn = gr.Button("tokenize")
+        t_kc = gr.Number(label="KC-hat", precision=0)
+        t_ckc = gr.Number(label="continuous KC")
+        c_file = gr.File(type="filepath", label="image")
+        c_eps = SafeNumber(value=0.05, label="epsilon")
+        c_budget = SafeNumber(value=model.config.max_tokens, label="budget", precision=0)
+        c_out = gr.JSON()
+        c_btn = gr.Button("complexity")
+    t_btn.click(lambda i, e, b: tokenize_view(model, i, e, b), inputs=[image, epsilon, budget],
+                outputs=[outputs[0], t_kc, t_ckc, *outputs[3:]], api_name="tokenize",
+                api_description="Tokenize one image: (original, reconstruction), KC-hat, continuous "
+                                "KC, metrics table, error heatmap, halting plot, KC-hat curve, kept "
+                                "tokens, notices.", **run_model)
+    c_btn.click(lambda f, e, b: complexity_view(model, f, e, b), inputs=[c_file, c_eps, c_budget],
+                outputs=c_out, api_name="complexity",
+                api_description="JSON {kc_hat, continuous_kc, l1, psnr, ssim, lpips, epsilon, "
+                                "epsilon_bin, budget} of one image.", **run_model)
+
+
+def _tokenize_tab(model, bins: list[float], examples: list[str], run_model: dict) -> TokenizeTab:
+    with gr.Tab("Tokenize"):
+        tab = _tokenize_layout(model.config, bins, examples)
+        _tokenize_events(model, tab, run_model)
+    return tab
+
+
+def _batch_tab(model, bins: list[float], run_model: dict) -> None:
+    c = model.config
+    with gr.Tab("Batch"):
+        with gr.Row():
+            with gr.Column(scale=2):
+                b_files = gr.File(file_count="multiple", file_types=["image", ".zip"],
+                                  label="Images or zips", type="filepath", elem_id="batch-files")
+                b_eps = SafeSlider(bins[0], bins[-1], value=0.05, step=0.005, label="epsilon")
+                b_budget = SafeSlider(1, c.max_tokens, value=c.max_tokens, step=1, label="token budget")
+                b_lpips = gr.Checkbox(False, label="LPIPS too (slower)")
+                b_run = gr.Button("Tokenize all", variant="primary")
+            with gr.Column(scale=3):
+                b_summary = gr.Markdown()
+                b_hist = gr.Plot(label="KC-hat histogram")
+                b_csv = gr.File(label="CSV download", interactive=False)
+        b_table = gr.Dataframe(label="per image", interactive=False, max_height=400)
+        b_gallery = gr.HTML()
+        b_run.click(lambda *a, progress=gr.Progress(): batch_view(model, *a, progress=progress),
+                    inputs=[b_files, b_eps, b_budget, b_lpips],
+                    outputs=[b_table, b_hist, b_csv, b_gallery, b_summary],
+                    api_visibility="private", **run_model)
+
+
+def _analysis_tab(model, bins: list[float], run_model: dict, card_text: str) -> None:
+    """Analyses of an image set (plots, HTML report) and the human-complexity panel."""
+    with gr.Tab("Analysis"):
+        with gr.Row():
+            with gr.Column(scale=2):
+                a_source = gr.Radio([("probe images (noise, chessboard, photo, fractal)", "probes"),
+                                     ("bundled examples", "examples"), ("my uploads", "uploads")],
+                                    value="probes", label="image set")
+                a_files = gr.File(file_count="multiple", file_types=["image", ".zip"],
+                                  label=f"uploads (up to {MAX_ANALYSIS_IMAGES} images)", type="filepath",
+                                  elem_id="analysis-files")
+                a_eps = SafeSlider(bins[0], bins[-1], value=0.05, step=0.005, label="epsilon (KC-hat, Delta)")
+                a_run = gr.Button("Run analyses", variant="primary")
+                a_report = gr.Button("Build HTML report")
+                a_status = gr.Markdown()
+                a_file = gr.File(label="report download", interactive=False, file_count="multiple")
+            with gr.Column(scale=3):
+                a_sweep = gr.Plot(label="structure vs noise: quality vs tokens")
+                a_delta = gr.Plot(label="KC-hat vs Delta")
+        with gr.Row():
+            a_curve = gr.Plot(label="KC-hat vs epsilon over the set")
+            with gr.Column():
+                a_pick = gr.Dropdown(choices=[], label="halting heatmap of", interactive=True)
+                a_heat = gr.Plot(label="halting heatmap")
+        a_run.click(lambda s, f, e, progress=gr.Progress(): analysis_view(model, s, f, e, progress),
+                    inputs=[a_source, a_files, a_eps],
+                    outputs=[a_sweep, a_delta, a_curve, a_pick, a_heat, a_status],
+                    api_visibility="private", **run_model)
+        a_pick.input(lambda s, f, n: heatmap_view(model, s, f, n), inputs=[a_source, a_files, a_pick],
+                     outputs=a_heat, api_visibility="private", **run_model)
+        a_report.click(lambda s, f, e, progress=gr.Progress(): report_view(model, s, f, e, card_text, progress),
+                       inputs=[a_source, a_files, a_eps], outputs=[a_file, a_status],
+                       api_visibility="private", **run_model)
+        from app.human import build_human_panel  # issue 14: KC-hat vs Savoias human scores
+        build_human_panel(model, run_model)
+
+
 def build_demo(model, examples_dir: str | Path | None = EXAMPLES_DIR, banner: str | None = None,
                loaded_from: str = "model") -> gr.Blocks:
     """The app around ``model`` (a KARL in eval mode). Launch with :func:`launch_demo`."""
     model.eval()
-    c = model.config
-    bins = list(c.loss_bins)
+    bins = list(model.config.loss_bins)
     examples = sorted(str(p) for p in Path(examples_dir).glob("*.png")) if examples_dir else []
     run_model = dict(concurrency_id=CONCURRENCY_ID, concurrency_limit=1)
-    card = _model_card(model, loaded_from)
-    card_text = _model_card(model, loaded_from, markdown=False)
 
     with gr.Blocks(title="KARL studio", delete_cache=(1800, 3600)) as demo:
         gr.Markdown(_INTRO)
         if banner:
             gr.Markdown(f"⚠️ {banner}", elem_classes=["karl-banner"], elem_id="model-banner")
-        gr.Markdown(card, elem_id="model-card")
-
-        with gr.Tab("Tokenize"):
-            with gr.Row():
-                with gr.Column(scale=2, min_width=300):
-                    image = SafeImage(type="filepath", image_mode=None, sources=["upload", "clipboard"],
-                                      label="Image", height=300, elem_id="input-image")
-                    epsilon = SafeSlider(bins[0], bins[-1], value=0.05, step=0.005, label="epsilon",
-                                        info="target pixel L1; rounded up to the next loss bin "
-                                             f"({', '.join(f'{b:g}' for b in bins)})",
-                                        elem_id="epsilon-slider")
-                    # Above the trained budget tokens never halt (check_request clamps it).
-                    budget = SafeSlider(1, c.max_tokens, value=c.max_tokens, step=1,
-                                        label="token budget", info=f"the model was trained with up to "
-                                                                  f"{c.max_tokens} tokens",
-                                        elem_id="budget-slider")
-                    notices = gr.Markdown(_NO_IMAGE, elem_id="notices")
-                    if examples:
-                        gr.Examples(examples=[[p] for p in examples], inputs=[image], examples_per_page=16,
-                                    label="Examples: photos, then procedural images of rising complexity")
-                with gr.Column(scale=3, min_width=400):
-                    slider = gr.ImageSlider(label="original | reconstruction", type="numpy", height=360, format="png",
-                                            buttons=["download", "fullscreen"], interactive=False)
-                    with gr.Row():
-                        # Text boxes, empty with a hint until there is a result: gr.Number's
-                        # frontend shows "0" for no value, which reads as a result.
-                        kc = gr.Textbox("", label="Tokens used (KC-hat)", interactive=False, max_lines=1,
-                                        placeholder="no image yet", elem_id="kc-hat")
-                        ckc = gr.Textbox("", label="Continuous complexity sum(1 - p)", interactive=False,
-                                         max_lines=1, placeholder="no image yet", elem_id="continuous-kc")
-                    metrics = gr.Markdown(elem_id="metrics")
-            with gr.Row():
-                heat = gr.Image(label=f"|error| per pixel (black 0, yellow >= {inf.ERROR_VMAX:g})",
-                                type="numpy", format="png", interactive=False, height=300,
-                                buttons=["download", "fullscreen"])
-                halting = gr.Plot(_placeholder_figure(), label="halting probability per token",
-                                  elem_id="halting-plot")
-            with gr.Row():
-                curve = gr.Plot(_placeholder_figure(), label="KC-hat vs epsilon for this image",
-                                elem_id="curve-plot")
-                kept = gr.JSON(label="kept tokens (positions; codebook ids for quantised models)", open=True)
-            outputs = [slider, kc, ckc, metrics, heat, halting, curve, kept, notices]
-            # The page: a bad input clears the outputs and is shown once, in the notices.
-            # /tokenize (below) fills the same components but returns the two numbers as
-            # numbers (hidden gr.Number outputs) for API clients.
-            gr.on([image.change, epsilon.change, budget.change],
-                  lambda i, e, b: tokenize_page(model, i, e, b), inputs=[image, epsilon, budget],
-                  outputs=outputs, trigger_mode="always_last", show_progress="full",
-                  api_visibility="private", **run_model)
-
-            # API only (hidden components). /tokenize: the page's outputs; a bad input raises
-            # (gradio_client's AppError). /complexity: JSON for scripts.
-            with gr.Row(visible=False):
-                t_btn = gr.Button("tokenize")
-                t_kc = gr.Number(label="KC-hat", precision=0)
-                t_ckc = gr.Number(label="continuous KC")
-                c_file = gr.File(type="filepath", label="image")
-                c_eps = SafeNumber(value=0.05, label="epsilon")
-                c_budget = SafeNumber(value=c.max_tokens, label="budget", precision=0)
-                c_out = gr.JSON()
-                c_btn = gr.Button("complexity")
-            t_btn.click(lambda i, e, b: tokenize_view(model, i, e, b), inputs=[image, epsilon, budget],
-                        outputs=[slider, t_kc, t_ckc, *outputs[3:]], api_name="tokenize",
-                        api_description="Tokenize one image: (original, reconstruction), KC-hat, continuous "
-                                        "KC, metrics table, error heatmap, halting plot, KC-hat curve, kept "
-                                        "tokens, notices.", **run_model)
-            c_btn.click(lambda f, e, b: complexity_view(model, f, e, b), inputs=[c_file, c_eps, c_budget],
-                        outputs=c_out, api_name="complexity",
-                        api_description="JSON {kc_hat, continuous_kc, l1, psnr, ssim, lpips, epsilon, "
-                                        "epsilon_bin, budget} of one image.", **run_model)
-
-        with gr.Tab("Batch"):
-            with gr.Row():
-                with gr.Column(scale=2):
-                    b_files = gr.File(file_count="multiple", file_types=["image", ".zip"],
-                                      label="Images or zips", type="filepath", elem_id="batch-files")
-                    b_eps = SafeSlider(bins[0], bins[-1], value=0.05, step=0.005, label="epsilon")
-                    b_budget = SafeSlider(1, c.max_tokens, value=c.max_tokens, step=1, label="token budget")
-                    b_lpips = gr.Checkbox(False, label="LPIPS too (slower)")
-                    b_run = gr.Button("Tokenize all", variant="primary")
-                with gr.Column(scale=3):
-                    b_summary = gr.Markdown()
-                    b_hist = gr.Plot(label="KC-hat histogram")
-                    b_csv = gr.File(label="CSV download", interactive=False)
-            b_table = gr.Dataframe(label="per image", interactive=False, max_height=400)
-            b_gallery = gr.HTML()
-            b_run.click(lambda *a, progress=gr.Progress(): batch_view(model, *a, progress=progress),
-                        inputs=[b_files, b_eps, b_budget, b_lpips],
-                        outputs=[b_table, b_hist, b_csv, b_gallery, b_summary],
-                        api_visibility="private", **run_model)
-
-        with gr.Tab("Analysis"):
-            with gr.Row():
-                with gr.Column(scale=2):
-                    a_source = gr.Radio([("probe images (noise, chessboard, photo, fractal)", "probes"),
-                                         ("bundled examples", "examples"), ("my uploads", "uploads")],
-                                        value="probes", label="image set")
-                    a_files = gr.File(file_count="multiple", file_types=["image", ".zip"],
-                                      label=f"uploads (up to {MAX_ANALYSIS_IMAGES} images)", type="filepath",
-                                      elem_id="analysis-files")
-                    a_eps = SafeSlider(bins[0], bins[-1], value=0.05, step=0.005, label="epsilon (KC-hat, Delta)")
-                    a_run = gr.Button("Run analyses", variant="primary")
-                    a_report = gr.Button("Build HTML report")
-                    a_status = gr.Markdown()
-                    a_file = gr.File(label="report download", interactive=False, file_count="multiple")
-                with gr.Column(scale=3):
-                    a_sweep = gr.Plot(label="structure vs noise: quality vs tokens")
-                    a_delta = gr.Plot(label="KC-hat vs Delta")
-            with gr.Row():
-                a_curve = gr.Plot(label="KC-hat vs epsilon over the set")
-                with gr.Column():
-                    a_pick = gr.Dropdown(choices=[], label="halting heatmap of", interactive=True)
-                    a_heat = gr.Plot(label="halting heatmap")
-            a_run.click(lambda s, f, e, progress=gr.Progress(): analysis_view(model, s, f, e, progress),
-                        inputs=[a_source, a_files, a_eps],
-                        outputs=[a_sweep, a_delta, a_curve, a_pick, a_heat, a_status],
-                        api_visibility="private", **run_model)
-            a_pick.input(lambda s, f, n: heatmap_view(model, s, f, n), inputs=[a_source, a_files, a_pick],
-                         outputs=a_heat, api_visibility="private", **run_model)
-            a_report.click(lambda s, f, e, progress=gr.Progress(): report_view(model, s, f, e, card_text, progress),
-                           inputs=[a_source, a_files, a_eps], outputs=[a_file, a_status],
-                           api_visibility="private", **run_model)
-            from app.human import build_human_panel  # issue 14: KC-hat vs Savoias human scores
-            build_human_panel(model, run_model)
-
+        gr.Markdown(_model_card(model, loaded_from), elem_id="model-card")
+        _tokenize_tab(model, bins, examples, run_model)
+        _batch_tab(model, bins, run_model)
+        _analysis_tab(model, bins, run_model, _model_card(model, loaded_from, markdown=False))
         from app.tokens_tab import build_tokens_tab  # issue 17: what each token encodes
         build_tokens_tab(model, run_model, examples)
 
