@@ -4,9 +4,14 @@
   PatchGAN term weighted VQGAN-style by the ratio of gradient norms at the decoder's last
   layer (as in VQGAN / TiTok).
 - Stage 1: token-level loss against the frozen base tokenizer's grid.
+
+EIC and LTC take their reconstruction term as a :class:`ReconLoss` (:class:`TokenReconLoss`
+in stage 1, :class:`PixelReconLoss` in stage 2).
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -94,19 +99,62 @@ class PixelLoss:
         return loss, parts
 
 
-def token_recon_fn(base: BaseTokenizer):
-    """Stage 1: ``recon_fn(head, phase, target)`` comparing the prediction with the base grid."""
-    def fn(head: Tensor, phase: str, target: Tensor):
-        loss, parts = base.token_loss(head, target)
+# ----------------------------------------------------------------------------- EIC / LTC reconstruction
+
+ReconOutput = tuple[Tensor, "dict[str, float]", "Tensor | None"]  # (loss, parts, pixel images or None)
+
+
+@dataclass(frozen=True, eq=False)
+class ReconLoss:
+    """The reconstruction term of EIC and LTC for one batch: ``recon(head) -> (loss, parts, images)``.
+
+    ``head [b, head_dim, g, g]`` is the decoder's prediction of the base grid; ``images`` are
+    the pixel reconstructions when the loss decoded them (stage 2), else None. The base
+    grid's ``target`` is only known once ``karl_iteration`` has run the base tokenizer, which
+    binds it with :meth:`with_target`.
+    """
+
+    def with_target(self, target: Tensor) -> "ReconLoss":
+        return self  # the pixel loss compares with the images, not the base grid
+
+    def __call__(self, head: Tensor) -> ReconOutput:  # pragma: no cover - interface
+        raise NotImplementedError
+
+
+@dataclass(frozen=True, eq=False)
+class TokenReconLoss(ReconLoss):
+    """Stage 1: the prediction against the frozen base grid's ``target`` (``base.token_loss``)."""
+
+    base: BaseTokenizer
+    target: Tensor | None = None   # discrete: [b, g, g] code indices; continuous: [b, c, g, g]
+
+    def with_target(self, target: Tensor) -> "TokenReconLoss":
+        return replace(self, target=target)
+
+    def __call__(self, head: Tensor) -> ReconOutput:
+        if self.target is None:
+            raise ValueError("TokenReconLoss has no base-grid target: bind it with with_target(grid.target)")
+        loss, parts = self.base.token_loss(head, self.target)
         return loss, parts, None
-    return fn
 
 
-def pixel_recon_fn(base: BaseTokenizer, images: Tensor, pixel_loss: PixelLoss,
-                   disc: nn.Module | None, weight: float, last_layer: Tensor | None):
-    """Stage 2: decode the prediction to pixels and apply the pixel losses."""
-    def fn(head: Tensor, phase: str, target: Tensor):
-        recon = base.decode_head(head)
-        loss, parts = pixel_loss(recon, images, disc, weight, last_layer)
+@dataclass(frozen=True, eq=False)
+class PixelReconLoss(ReconLoss):
+    """Stage 2: decode the prediction to pixels and apply L1 + LPIPS (+ GAN) against ``images``."""
+
+    base: BaseTokenizer
+    images: Tensor                      # [b, 3, H, W] in [0, 1]
+    pixel_loss: PixelLoss
+    disc: nn.Module | None = None
+    gan_weight: float = 0.0
+    last_layer: Tensor | None = None    # where the adaptive GAN weight is measured
+
+    def __call__(self, head: Tensor) -> ReconOutput:
+        recon = self.base.decode_head(head)
+        loss, parts = self.pixel_loss(recon, self.images, self.disc, self.gan_weight, self.last_layer)
         return loss, parts, recon
-    return fn
+
+
+def token_recon_fn(base: BaseTokenizer) -> TokenReconLoss:
+    """Stage 1's loss under its earlier name (``benchmarks/train_throughput.py`` calls it)."""
+    return TokenReconLoss(base)

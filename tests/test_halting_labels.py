@@ -5,11 +5,11 @@ import torch
 
 from karl import build_model
 from karl.config import ConfigError, load_config
-from karl.losses import token_recon_fn
+from karl.losses import TokenReconLoss
 from karl.metrics import l1
 from karl.model import epsilon_to_bin
-from karl.train.phases import (_bind_target, karl_iteration, ltc_phase, minimal_halting_labels,
-                               minimal_program_lengths, prefix_grid)
+from karl.train.phases import (karl_iteration, ltc_phase, minimal_halting_labels, minimal_program_lengths,
+                               prefix_grid)
 
 
 def test_prefix_grid_is_dense_for_short_programs_and_ends_at_the_budget():
@@ -61,7 +61,7 @@ def test_minimal_labels_train_every_parameter_and_log_the_program_length():
     model = build_model("tiny", seed=0).train()
     model.base.requires_grad_(False)
     images = torch.rand(4, 3, 32, 32)
-    loss, parts, _ = karl_iteration(model, images, token_recon_fn(model.base), cfg,
+    loss, parts, _ = karl_iteration(model, images, TokenReconLoss(model.base), cfg,
                                     torch.Generator().manual_seed(0), budget=8)
     loss.backward()
     missing = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
@@ -77,7 +77,7 @@ def test_achieved_bin_labels_never_exceed_the_budget():
     grid = model.base_encode(images)
     tokens2d = model.embed_grid(images, grid.features)
     e_t = torch.full((3,), 0.004)            # a strict bin no prefix of random weights meets
-    out = ltc_phase(model, images, tokens2d, 6, e_t, _bind_target(token_recon_fn(model.base), grid.target),
+    out = ltc_phase(model, images, tokens2d, 6, e_t, TokenReconLoss(model.base, grid.target),
                     cfg, torch.Generator().manual_seed(0))
     assert out.parts["ltc/label_len"] == 6
 

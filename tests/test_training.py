@@ -13,9 +13,8 @@ import torch
 from conftest import free_port
 from karl import build_model, load_pretrained, save_pretrained
 from karl.config import load_config
-from karl.losses import pixel_recon_fn, token_recon_fn, PixelLoss
-from karl.train.phases import (budget_choices, eic_phase, halting_labels, karl_iteration, ltc_phase,
-                               _bind_target)
+from karl.losses import PixelLoss, PixelReconLoss, TokenReconLoss
+from karl.train.phases import budget_choices, eic_phase, halting_labels, karl_iteration, ltc_phase
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -60,12 +59,12 @@ def test_every_trainable_parameter_gets_a_gradient_in_each_phase_stage1(quantize
     images = next(_batches())
     grid = model.base_encode(images)
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
-    fn = _bind_target(token_recon_fn(model.base), grid.target)
+    recon = TokenReconLoss(model.base).with_target(grid.target)
     gen = torch.Generator().manual_seed(0)
-    eic, e_t = eic_phase(model, images, model.embed_grid(images, grid.features), 8, fn, cfg.train, gen)
+    eic, e_t = eic_phase(model, images, model.embed_grid(images, grid.features), 8, recon, cfg.train, gen)
     missing = trainable - _grads_of(model, eic.loss)
     assert missing == set(), f"EIC: no gradient for {sorted(missing)}"
-    ltc = ltc_phase(model, images, model.embed_grid(images, grid.features), 8, e_t, fn, cfg.train)
+    ltc = ltc_phase(model, images, model.embed_grid(images, grid.features), 8, e_t, recon, cfg.train)
     missing = trainable - _grads_of(model, ltc.loss)
     assert missing == set(), f"LTC: no gradient for {sorted(missing)}"
     assert e_t.shape == (8,) and (e_t >= 0).all()
@@ -75,12 +74,45 @@ def test_every_parameter_gets_a_gradient_stage2():
     cfg = load_config(preset_name="tiny")
     model = build_model("tiny", seed=0).train()
     images = next(_batches())
-    fn = pixel_recon_fn(model.base, images, PixelLoss(None, 0.0), None, 0.0, None)
-    loss, parts, recon = karl_iteration(model, images, fn, cfg.train, torch.Generator().manual_seed(0),
+    pixel = PixelReconLoss(model.base, images, PixelLoss(None, 0.0))
+    loss, parts, recon = karl_iteration(model, images, pixel, cfg.train, torch.Generator().manual_seed(0),
                                         budget=8, base_trainable=True)
     missing = {n for n, _ in model.named_parameters()} - _grads_of(model, loss)
     assert missing == set(), f"stage 2: no gradient for {sorted(missing)}"
     assert recon["ltc"].shape == images.shape
+
+
+def test_recon_losses_return_loss_parts_and_images():
+    model = build_model("tiny", seed=0).eval()
+    images = next(_batches(n=2))
+    grid = model.base_encode(images)
+    head = torch.randn(2, model.base.head_dim, model.grid_size, model.grid_size)
+    unbound = TokenReconLoss(model.base)
+    with pytest.raises(ValueError, match="with_target"):
+        unbound(head)
+    bound = unbound.with_target(grid.target)
+    assert unbound.target is None and bound.target is grid.target       # binding makes a new object
+    loss, parts, recon = bound(head)
+    assert loss.ndim == 0 and parts and recon is None                     # stage 1: no pixels
+    pixel = PixelReconLoss(model.base, images, PixelLoss(None, 0.0))
+    assert pixel.with_target(grid.target) is pixel                        # compares with the images
+    loss, parts, recon = pixel(head)
+    assert recon.shape == images.shape and parts == {"l1": pytest.approx((recon - images).abs().mean().item())}
+
+
+def test_phase_loss_weights_the_reconstruction_with_token_loss_weight():
+    """Stage 2's pixel loss goes through the same weight as stage 1's token loss."""
+    model = build_model("tiny", seed=0).train()
+    images = next(_batches(n=2))
+    pixel = PixelReconLoss(model.base, images, PixelLoss(None, 0.0))
+
+    def total(weight):
+        cfg = load_config(preset_name="tiny", overrides=["stage=2", f"train.token_loss_weight={weight}"]).train
+        loss, parts, _ = karl_iteration(model, images, pixel, cfg, torch.Generator().manual_seed(0), budget=8)
+        return loss.item(), parts["eic/l1"]
+
+    (one, l1_eic), (three, _) = total(1.0), total(3.0)
+    assert three - one > 2 * l1_eic * 0.99   # at least 2 x EIC's pixel L1 more (LTC's adds to it)
 
 
 def test_short_training_lowers_the_loss(tmp_path):

@@ -7,7 +7,8 @@ One command runs on one CPU process or under ``torchrun`` on many GPUs:
 
 Stages: 0 trains our base autoencoder (pixel L1 + LPIPS); 1 distils the frozen base grid
 into 1D tokens (EIC + LTC with token losses); 2 fine-tunes everything with pixel L1 +
-LPIPS + hinge PatchGAN (EIC + LTC with pixel losses).
+LPIPS + hinge PatchGAN (EIC + LTC with pixel losses). The phases are in ``phases.py``,
+``state.pt`` and the log's trimming on resume in ``state.py``.
 """
 
 from __future__ import annotations
@@ -28,14 +29,16 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm.auto import tqdm
 
 from karl.api import save_pretrained
-from karl.checkpoint import CheckpointError, load_state, load_state_dict_strict, read_release
+from karl.checkpoint import load_state, load_state_dict_strict, read_release
 from karl.config import ExperimentConfig, to_dict
-from karl.losses import (PatchDiscriminator, PixelLoss, gan_weight, hinge_d_loss, last_layer_weight,
-                         pixel_recon_fn, token_recon_fn)
+from karl.losses import (PatchDiscriminator, PixelLoss, PixelReconLoss, TokenReconLoss, gan_weight,
+                         hinge_d_loss, last_layer_weight)
 from karl.model import KARL
 from karl.train.ema import EMA
 from karl.train.phases import karl_iteration, sample_budget
 from karl.train.schedule import build_optimizer, lr_at, scaled_lr, set_lr
+# ResumeError is raised here and caught by karl-train under this module's name.
+from karl.train.state import ResumeError, check_same_run, durable_save, read_state, trim_log
 
 
 class NonFiniteLossError(RuntimeError):
@@ -44,10 +47,6 @@ class NonFiniteLossError(RuntimeError):
 
 class DataSetError(ValueError):
     """The training data cannot make one batch (too few images, or none that decode)."""
-
-
-class ResumeError(RuntimeError):
-    """``state.pt`` in out_dir cannot be resumed by this run; the message says why and what to do."""
 
 
 @dataclass
@@ -88,11 +87,11 @@ class TrainStep(nn.Module):
             loss, parts = self.pixel_loss(recon, images)
             return loss, {"loss": loss.item(), **{f"ae/{k}": v for k, v in parts.items()}}
         if self.stage == 1:
-            fn = token_recon_fn(m.base)
+            recon = TokenReconLoss(m.base)
         else:
-            fn = pixel_recon_fn(m.base, images, self.pixel_loss, disc, gan_w,
-                                last_layer_weight(m.base) if disc is not None and gan_w > 0 else None)
-        loss, parts, _ = karl_iteration(m, images, fn, cfg, generator, budget=budget,
+            recon = PixelReconLoss(m.base, images, self.pixel_loss, disc, gan_w,
+                                   last_layer_weight(m.base) if disc is not None and gan_w > 0 else None)
+        loss, parts, _ = karl_iteration(m, images, recon, cfg, generator, budget=budget,
                                         base_trainable=self.stage == 2)
         return loss, parts
 
@@ -175,8 +174,8 @@ class Trainer:
         self.log({"event": "base_from", "path": str(p)})
 
     def _resume(self, path: Path) -> None:
-        state = _read_state(path, self.device)
-        _check_same_run(state, self.cfg, path)
+        state = read_state(path, self.device)
+        check_same_run(state, self.cfg, path)
         try:
             self.model.load_state_dict(state["model"])
             self.ema.load_state_dict(state["ema"])
@@ -192,29 +191,8 @@ class Trainer:
             self.scaler.load_state_dict(state["scaler"])
         self.step = int(state["step"])
         torch.set_rng_state(state["rng"].cpu())
-        dropped = self._trim_log(self.step)
+        dropped = trim_log(self.out / "log.jsonl", self.step) if self.dist.is_main else 0
         self.log({"event": "resume", "step": self.step, "dropped_log_records": dropped})
-
-    def _trim_log(self, step: int) -> int:
-        """Drop the step records after ``step`` (written after the last save, about to be
-        repeated by this run) so ``log.jsonl`` holds each step once. Events are kept."""
-        log = self.out / "log.jsonl"
-        if not self.dist.is_main or not log.is_file():
-            return 0
-        kept, dropped = [], 0
-        for line in log.read_text().splitlines(keepends=True):
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:  # a line cut by the kill: drop it too
-                dropped += 1
-                continue
-            if "event" not in rec and isinstance(rec.get("step"), int) and rec["step"] > step:
-                dropped += 1
-            else:
-                kept.append(line if line.endswith("\n") else line + "\n")
-        if dropped:
-            _durable_write(log, "".join(kept).encode())
-        return dropped
 
     # ------------------------------------------------------------------ persistence
     def save_state(self) -> None:
@@ -229,7 +207,7 @@ class Trainer:
         if self.disc is not None:
             state["disc"] = self.disc.state_dict()
             state["disc_optimizer"] = self.disc_opt.state_dict()
-        _durable_save(state, self.out / "state.pt")
+        durable_save(state, self.out / "state.pt")
 
     def save_release(self) -> Path | None:
         """Write the EMA weights as a release dir (``out_dir/release``)."""
@@ -353,87 +331,6 @@ class Trainer:
         if self.dist.world_size > 1:
             dist.all_reduce(flag, op=dist.ReduceOp.MAX)
         return bool(flag.item())
-
-
-def _fsync_dir(directory: Path) -> None:
-    """Make a rename in ``directory`` durable (POSIX); a no-op where directories cannot be opened."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _durable_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically: tmp file, fsync, rename, fsync of the folder."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
-
-
-def _durable_save(obj: Any, path: Path) -> None:
-    """``torch.save`` atomically and durably: the data reaches the disk before the rename, so
-    a power loss right after a save cannot leave an empty or partial ``state.pt``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with open(tmp, "wb") as f:
-        torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
-
-
-def _read_state(path: Path, device: torch.device) -> dict[str, Any]:
-    """``state.pt`` -> dict, or a ResumeError saying what is wrong with the file."""
-    size = path.stat().st_size
-    restart = "Pass --restart to start over (this replaces it), or use another train.out_dir."
-    if size == 0:
-        raise ResumeError(f"{path} is empty (0 bytes): the save that wrote it did not finish. {restart}")
-    try:
-        state = load_state(path, device)
-    except CheckpointError:
-        raise ResumeError(f"{path} cannot be read ({size:,} bytes): it is truncated or corrupt. "
-                          f"{restart}") from None
-    if not isinstance(state, dict) or not {"step", "model", "ema", "optimizer"} <= set(state):
-        raise ResumeError(f"{path} is not a karl-train state (no step, model, ema and optimizer). {restart}")
-    return state
-
-
-def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        out.update(_flatten(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
-    return out
-
-
-def _check_same_run(state: dict[str, Any], cfg: ExperimentConfig, path: Path) -> None:
-    """Refuse a state written by another stage or another model, in one line."""
-    advice = "Use another train.out_dir, or --restart to start over."
-    if state.get("stage") != cfg.train.stage:
-        raise ResumeError(f"{path} holds a stage-{state.get('stage')} run; this is stage "
-                          f"{cfg.train.stage}. {advice}")
-    saved = (state.get("config") or {}).get("model")
-    if not isinstance(saved, dict):
-        return  # an older state without its config: the weights check below still applies
-    ours = _flatten(to_dict(cfg)["model"])
-    theirs = _flatten(saved)
-    diff = [k for k in ours if k in theirs and ours[k] != theirs[k]]
-    if diff:
-        shown = ", ".join(f"{k} {theirs[k]} vs {ours[k]}" for k in diff[:4])
-        more = f" and {len(diff) - 4} more" if len(diff) > 4 else ""
-        name = (state.get("config") or {}).get("preset")
-        raise ResumeError(f"{path} was written by another model (preset {name!r}; {shown}{more}); "
-                          f"this run uses preset {cfg.preset!r}. {advice}")
 
 
 def _sigterm_as_interrupt():

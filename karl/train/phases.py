@@ -1,4 +1,4 @@
-"""The two phases that run in every training iteration (KARL_FACTS section 2).
+"""The two phases that run in every training iteration (paper Sec. 3, Fig. 3/4).
 
 EIC ("estimate image complexity"): encode with a sampled budget T at a near-lossless
 target, decode all T tokens (no halting), learn to reconstruct and to keep every token;
@@ -10,7 +10,8 @@ rounded up to the next loss bin; decode with the model's own halting mask. Halti
 - ``paper``: the last Delta = max(0, max_tokens - T) tokens are "halt", the rest "keep".
   When an image's error has saturated (the same bin for many T), the same (image, bin)
   pair gets a different label for every sampled T, and the BCE optimum of token j is
-  P(T < j), which stays below the 0.75 threshold: such images never halt (KARL_FACTS 2).
+  P(T < j), which stays below the 0.75 threshold: such images never halt (measured in
+  docs/HALTING_LABELS.md).
 - ``minimal``: the tokens after the shortest prefix of *this* LTC encoding whose decoded L1
   meets the condition bin are "halt" (a few batched prefix decodes without gradient). For
   the achieved bin the prefix is capped at T, the paper's label; a share of the batch is
@@ -26,25 +27,19 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from karl.config import TrainConfig
+from karl.losses import ReconLoss
 from karl.metrics import l1 as per_image_l1
 from karl.model import KARL, epsilon_to_bin
 from karl.precision import autocast as precision_autocast
 from karl.precision import cpu_has_fast_bf16
 
-# recon_fn(head [b, c, g, g], phase) -> (loss, parts, reconstructed images or None); the
-# losses in karl/losses.py take the base grid's target as a third argument, bound by
-# karl_iteration (``_bind_target``) so the phases never see it.
-ReconFn = Callable[[Tensor, str], "tuple[Tensor, dict[str, float], Tensor | None]"]
-
-
-@dataclass
+@dataclass(frozen=True)
 class PhaseOutput:
     loss: Tensor
     parts: dict[str, float]
@@ -150,29 +145,57 @@ def ltc_conditions(model: KARL, e_t: Tensor, cfg: TrainConfig,
     return torch.where(free, drawn, cond), free
 
 
-def eic_phase(model: KARL, images: Tensor, tokens2d: Tensor, budget: int, recon_fn: ReconFn,
+def phase_loss(cfg: TrainConfig, rec: Tensor, q_loss: Tensor, halt: Tensor, halt_weight: float) -> Tensor:
+    """One phase's loss: reconstruction + quantiser + halting BCE.
+
+    ``token_loss_weight`` weights the reconstruction term of either stage: the token loss in
+    stage 1, the pixel loss (L1 + LPIPS + GAN) in stage 2.
+    """
+    return cfg.token_loss_weight * rec + cfg.quant_loss_weight * q_loss + halt_weight * halt
+
+
+def _phase_parts(phase: str, rec_parts: dict[str, float], halt: Tensor, q_loss: Tensor) -> dict[str, float]:
+    """Logged parts under ``phase/``: the reconstruction's own, then the halting BCE and quantiser loss."""
+    parts = {f"{phase}/{k}": v for k, v in rec_parts.items()}
+    parts.update({f"{phase}/halt_bce": halt.item(), f"{phase}/quant": float(q_loss.detach())})
+    return parts
+
+
+def eic_phase(model: KARL, images: Tensor, tokens2d: Tensor, budget: int, recon: ReconLoss,
               cfg: TrainConfig, generator: torch.Generator) -> tuple[PhaseOutput, Tensor]:
     """Returns the EIC loss and e_T [b], each image's pixel L1 with T tokens (no grad)."""
     b = images.shape[0]
     z, halt_logits = model.forward_encoder(tokens2d, eic_bins(model, cfg, b, generator), budget)
     latents, _, q_loss = model.quantize_latents(z)
     head = model.forward_decoder(latents, torch.ones_like(halt_logits, dtype=torch.bool))
-    rec, parts, recon_images = recon_fn(head, "eic")
+    rec, rec_parts, recon_images = recon(head)
     halt = F.binary_cross_entropy_with_logits(halt_logits.float(), torch.zeros_like(halt_logits, dtype=torch.float))
     halt_weight = cfg.halt_loss_weight if cfg.halting_labels == "paper" else 0.0
-    loss = cfg.token_loss_weight * rec + cfg.quant_loss_weight * q_loss + halt_weight * halt
+    loss = phase_loss(cfg, rec, q_loss, halt, halt_weight)
     with torch.no_grad():
         if recon_images is None:
             recon_images = model.base.decode_head(head.detach().float())
         e_t = per_image_l1(recon_images.detach().float().clamp(0, 1), images.float())
-    parts = {f"eic/{k}": v for k, v in parts.items()}
-    parts.update({"eic/halt_bce": halt.item(), "eic/quant": float(q_loss.detach()), "eic/l1": e_t.mean().item()})
+    parts = _phase_parts("eic", rec_parts, halt, q_loss)
+    parts["eic/l1"] = e_t.mean().item()
     return PhaseOutput(loss, parts, recon_images), e_t
 
 
+def ltc_labels(model: KARL, images: Tensor, latents: Tensor, cond: Tensor, free: Tensor, budget: int,
+               cfg: TrainConfig) -> tuple[Tensor, dict[str, float]]:
+    """LTC's halting labels [b, max_tokens] (see the module docstring) and what to log of them."""
+    k = model.max_tokens
+    if cfg.halting_labels != "minimal":
+        return halting_labels(images.shape[0], k, budget, images.device), {}
+    lengths = minimal_program_lengths(model, latents, images, cond, prefix_grid(cfg, k))
+    # The achieved bin was met by T tokens in EIC: never label a longer program than T.
+    lengths = torch.where(free, lengths, lengths.clamp(max=min(budget, k)))
+    return minimal_halting_labels(lengths, k), {"ltc/label_len": lengths.float().mean().item()}
+
+
 def ltc_phase(model: KARL, images: Tensor, tokens2d: Tensor, budget: int, e_t: Tensor,
-              recon_fn: ReconFn, cfg: TrainConfig, generator: torch.Generator | None = None) -> PhaseOutput:
-    b, k = images.shape[0], model.max_tokens
+              recon: ReconLoss, cfg: TrainConfig, generator: torch.Generator | None = None) -> PhaseOutput:
+    k = model.max_tokens
     if generator is None:
         generator = torch.Generator().manual_seed(0)
     cond, free = ltc_conditions(model, e_t, cfg, generator)
@@ -180,29 +203,24 @@ def ltc_phase(model: KARL, images: Tensor, tokens2d: Tensor, budget: int, e_t: T
     latents, _, q_loss = model.quantize_latents(z)
     keep = (halt_logits.detach().float().sigmoid() <= model.config.halt_threshold)
     head = model.forward_decoder(latents, keep)
-    rec, parts, recon_images = recon_fn(head, "ltc")
-    if cfg.halting_labels == "minimal":
-        lengths = minimal_program_lengths(model, latents, images, cond, prefix_grid(cfg, k))
-        # The achieved bin was met by T tokens in EIC: never label a longer program than T.
-        lengths = torch.where(free, lengths, lengths.clamp(max=min(budget, k)))
-        labels = minimal_halting_labels(lengths, k)
-        parts_extra = {"ltc/label_len": lengths.float().mean().item()}
-    else:
-        labels = halting_labels(b, k, budget, images.device)
-        parts_extra = {}
+    rec, rec_parts, recon_images = recon(head)
+    labels, label_parts = ltc_labels(model, images, latents, cond, free, budget, cfg)
     halt = F.binary_cross_entropy_with_logits(halt_logits.float(), labels)
-    loss = cfg.token_loss_weight * rec + cfg.quant_loss_weight * q_loss + cfg.halt_loss_weight * halt
-    parts = {f"ltc/{k_}": v for k_, v in parts.items()}
-    parts.update({"ltc/halt_bce": halt.item(), "ltc/quant": float(q_loss.detach()),
-                  "ltc/kept": keep.float().sum(-1).mean().item(),
-                  "ltc/delta": float(max(0, k - budget)), **parts_extra})
+    loss = phase_loss(cfg, rec, q_loss, halt, cfg.halt_loss_weight)
+    parts = _phase_parts("ltc", rec_parts, halt, q_loss)
+    parts.update({"ltc/kept": keep.float().sum(-1).mean().item(),
+                  "ltc/delta": float(max(0, k - budget)), **label_parts})
     return PhaseOutput(loss, parts, recon_images)
 
 
-def karl_iteration(model: KARL, images: Tensor, recon_fn: ReconFn, cfg: TrainConfig,
+def karl_iteration(model: KARL, images: Tensor, recon: ReconLoss, cfg: TrainConfig,
                    generator: torch.Generator, budget: int | None = None,
                    base_trainable: bool = False) -> tuple[Tensor, dict[str, float], dict[str, Tensor | None]]:
-    """EIC then LTC on one batch. Returns (total loss, logged parts, reconstructions)."""
+    """EIC then LTC on one batch. Returns (total loss, logged parts, reconstructions).
+
+    ``recon`` is the batch's reconstruction loss (``karl.losses.TokenReconLoss`` in stage 1,
+    ``PixelReconLoss`` in stage 2); the base grid's target is bound to it here.
+    """
     if budget is None:
         budget = sample_budget(cfg, generator)
     if base_trainable:
@@ -211,14 +229,8 @@ def karl_iteration(model: KARL, images: Tensor, recon_fn: ReconFn, cfg: TrainCon
         with torch.no_grad():
             grid = model.base_encode(images)
     tokens2d = model.embed_grid(images, grid.features)
-    recon_fn_bound = _bind_target(recon_fn, grid.target)
-    eic, e_t = eic_phase(model, images, tokens2d, budget, recon_fn_bound, cfg, generator)
-    ltc = ltc_phase(model, images, tokens2d, budget, e_t, recon_fn_bound, cfg, generator)
+    recon = recon.with_target(grid.target)
+    eic, e_t = eic_phase(model, images, tokens2d, budget, recon, cfg, generator)
+    ltc = ltc_phase(model, images, tokens2d, budget, e_t, recon, cfg, generator)
     parts = {"loss": (eic.loss + ltc.loss).item(), "budget": float(budget), **eic.parts, **ltc.parts}
     return eic.loss + ltc.loss, parts, {"eic": eic.images, "ltc": ltc.images}
-
-
-def _bind_target(recon_fn, target):
-    def fn(head: Tensor, phase: str):
-        return recon_fn(head, phase, target)
-    return fn
