@@ -1,5 +1,7 @@
 """Contracts of the KARL model: shapes, ranges, batch independence, packing, API."""
 
+from dataclasses import FrozenInstanceError, replace
+
 import pytest
 import torch
 
@@ -36,7 +38,6 @@ def test_budget_and_per_image_epsilon(tiny_model, tiny_images):
 
 
 def test_quantized_model_returns_token_ids():
-    from dataclasses import replace
     from karl.config import preset
     cfg = replace(preset("tiny").model, quantize=True, codebook_size=64)
     model = build_model(cfg, seed=0).eval()
@@ -53,13 +54,12 @@ def test_batch_result_does_not_depend_on_batch(tiny_model, tiny_images):
     keep = torch.zeros_like(enc.keep)
     keep[0, :3] = True
     keep[1, ::2] = True
-    enc.keep = keep
+    enc = replace(enc, keep=keep)
     batch = tiny_model.decode(enc)
     for i in range(3):
         single_enc = tiny_model.encode(tiny_images[i:i + 1], epsilon=enc.epsilon[i:i + 1])
         assert torch.allclose(single_enc.latents, enc.latents[i:i + 1], atol=1e-5)
-        single_enc.keep = keep[i:i + 1]
-        single = tiny_model.decode(single_enc)
+        single = tiny_model.decode(replace(single_enc, keep=keep[i:i + 1]))
         assert torch.allclose(batch[i:i + 1], single, atol=1e-5), i
 
 
@@ -112,3 +112,37 @@ def test_keep_prefix_int_and_per_image(tiny_model, tiny_images):
     assert tiny_model.keep_prefix(enc, 5).kc_hat.tolist() == [5, 5, 5]
     assert tiny_model.keep_prefix(enc, torch.tensor([1, 2, 3])).kc_hat.tolist() == [1, 2, 3]
     assert tiny_model.decode(tiny_model.keep_prefix(enc, 5)).shape == tiny_images.shape
+
+
+def test_encoding_is_frozen_and_changes_by_replace(tiny_model, tiny_images):
+    enc = tiny_model.encode(tiny_images, budget=6)
+    with pytest.raises(FrozenInstanceError):
+        enc.keep = torch.ones_like(enc.keep)
+    keep_before = enc.keep.clone()
+    all_kept = replace(enc, keep=torch.ones_like(enc.keep))
+    assert all_kept.kc_hat.tolist() == [6, 6, 6] and torch.equal(enc.keep, keep_before)
+    assert all_kept.latents is enc.latents                 # the other fields are shared, not copied
+    prefix = tiny_model.keep_prefix(enc, 2)
+    assert prefix.kc_hat.tolist() == [2, 2, 2] and torch.equal(enc.keep, keep_before)
+    moved = enc.to("cpu")
+    assert moved is not enc and torch.equal(moved.keep, enc.keep) and moved.token_ids is None
+    # reconstruct() keeps every token without touching an encoding anyone else holds
+    assert torch.allclose(tiny_model.reconstruct(tiny_images, num_tokens=6), tiny_model.decode(all_kept))
+
+
+def test_base_grid_is_checked_like_images(tiny_model, tiny_images):
+    from karl.base_tokenizers import BaseGrid
+    grid = tiny_model.base_encode(tiny_images)
+    cached = tiny_model.encode(tiny_images, base_grid=grid)
+    assert torch.equal(cached.keep, tiny_model.encode(tiny_images).keep)   # a good grid is used as is
+    other = tiny_model.base_encode(tiny_images[:2])
+    with pytest.raises(ValueError, match=r"base_grid.features must be \[B, latent_dim, g, g\] = \[3, "):
+        tiny_model.encode(tiny_images, base_grid=other)                    # grid of other images
+    with pytest.raises(ValueError, match="base_grid.features must be"):
+        tiny_model.reconstruct(tiny_images, num_tokens=4, base_grid=BaseGrid(grid.features[:, :1], grid.target))
+    with pytest.raises(ValueError, match="must be a float tensor, got torch.int64"):
+        tiny_model.encode(tiny_images, base_grid=BaseGrid(grid.features.long(), grid.target))
+    with pytest.raises(ValueError, match="must be a BaseGrid from model.base_encode"):
+        tiny_model.reconstruct(tiny_images, num_tokens=4, base_grid=grid.features)
+    with pytest.raises(AssertionError, match="expected images"):           # images are still checked
+        tiny_model.encode(tiny_images[:, :, :16], base_grid=grid)

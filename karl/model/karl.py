@@ -29,9 +29,13 @@ from karl.model.layers import Transformer
 from karl.model.quantizer import FactorizedQuantizer
 
 
-@dataclass
+@dataclass(frozen=True)
 class Encoding:
-    """The result of one encoder pass. KC-hat = ``keep.sum(-1)``."""
+    """The result of one encoder pass. KC-hat = ``keep.sum(-1)``.
+
+    Frozen: derive a changed one with ``dataclasses.replace(enc, keep=...)`` (an
+    encoding may be cached and shared, e.g. by the app).
+    """
 
     latents: Tensor            # [B, K, e] factorised latents (quantised for VQ models)
     halting_probs: Tensor      # [B, K] in [0, 1]
@@ -54,8 +58,9 @@ class Encoding:
 
     def to(self, device: torch.device | str) -> "Encoding":
         ids = None if self.token_ids is None else self.token_ids.to(device)
-        return Encoding(self.latents.to(device), self.halting_probs.to(device),
-                        self.keep.to(device), ids, self.epsilon.to(device))
+        return dataclasses.replace(self, latents=self.latents.to(device),
+                                   halting_probs=self.halting_probs.to(device), keep=self.keep.to(device),
+                                   token_ids=ids, epsilon=self.epsilon.to(device))
 
 
 def epsilon_to_bin(epsilon: float | Tensor, bins: Tensor) -> Tensor:
@@ -87,6 +92,21 @@ class Decoder(nn.Module):
 
 
 class KARL(nn.Module):
+    """Single-pass adaptive tokenizer: a base 2D tokenizer, an encoder with a halting head, a decoder.
+
+    Axes: b batch, n = g * g 2D grid tokens, T the token budget (k kept), d width, e the
+    factorised latent. Images are ``[b, 3, S, S]`` floats in [0, 1] with S = ``image_size``.
+
+    Public API: :meth:`encode` (images, epsilon, budget -> :class:`Encoding`: which of the
+    first T tokens are kept for pixel L1 <= epsilon), :meth:`decode` (Encoding -> images),
+    :meth:`reconstruct` (fixed regime: exactly k tokens, all kept), :meth:`keep_prefix`
+    (tail-drop of an encoding). Training calls the stages directly: :meth:`base_encode`,
+    :meth:`embed_grid`, :meth:`forward_encoder`, :meth:`quantize_latents`,
+    :meth:`forward_decoder` (see ``karl/train/phases.py`` and docs/ARCHITECTURE.md).
+    ``encode`` and ``reconstruct`` accept a cached ``base_grid=`` (a :class:`BaseGrid` from
+    ``base_encode(images)``) to skip the base tokenizer.
+    """
+
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.config = cfg
@@ -177,8 +197,12 @@ class KARL(nn.Module):
         assert 1 <= budget <= self.config.num_latent_tokens, (
             f"budget {budget} outside [1, {self.config.num_latent_tokens}]")
         cond = self.rec_loss_embeddings[bin_idx][:, None]                    # [b, 1, d]
-        latent = repeat(self.latent_tokens[:budget], "k d -> b k d", b=b)
-        x = self.encoder_ln_pre(torch.cat([cond, tokens2d, latent], dim=1))
+        latent = repeat(self.latent_tokens[:budget], "k d -> b k d", b=b)  # [b, T, d]
+        x = torch.cat([cond, tokens2d, latent], dim=1)                      # [b, 1 + n + T, d]
+        assert x.shape[:2] == (b, 1 + self.grid_size ** 2 + budget), (
+            f"encoder sequence {tuple(x.shape)}: expected [b, 1 + n + T, d] = [{b}, 1 + "
+            f"{self.grid_size ** 2} + {budget}, d]")
+        x = self.encoder_ln_pre(x)
         x = self.encoder(x)[:, -budget:]
         z = self.pre_quantizer_mlp(self.encoder_ln_post(x))
         halt_logits = self.halting_mlp(self.encoder_ln_post_halt(x)).squeeze(-1)
@@ -226,6 +250,19 @@ class KARL(nn.Module):
         assert images.ndim == 4 and images.shape[1:] == (3, s, s), (
             f"expected images [B, 3, {s}, {s}] in [0, 1], got {tuple(images.shape)}")
 
+    def _check_base_grid(self, grid: BaseGrid, batch: int) -> None:
+        """A cached ``base_grid=`` must be this model's ``base_encode`` of the same images."""
+        features = getattr(grid, "features", None)
+        if not isinstance(features, Tensor):
+            raise ValueError(f"base_grid must be a BaseGrid from model.base_encode(images), "
+                             f"got {type(grid).__name__}")
+        want = (batch, self.config.base.latent_dim, self.grid_size, self.grid_size)
+        if tuple(features.shape) != want:
+            raise ValueError(f"base_grid.features must be [B, latent_dim, g, g] = {list(want)} for these "
+                             f"images, got {list(features.shape)}")
+        if not features.is_floating_point():
+            raise ValueError(f"base_grid.features must be a float tensor, got {features.dtype}")
+
     @torch.no_grad()
     def encode(self, images: Tensor, epsilon: float | Tensor = 0.05, budget: int | None = None,
                base_grid: BaseGrid | None = None, monotone: bool = False) -> Encoding:
@@ -242,6 +279,9 @@ class KARL(nn.Module):
         """
         budget = self.max_tokens if budget is None else int(budget)
         images = images.to(self.device)
+        if base_grid is not None:
+            self._check_images(images)
+            self._check_base_grid(base_grid, images.shape[0])
         grid = base_grid if base_grid is not None else self.base_encode(images)
         bin_idx = self.bin_index(epsilon, images.shape[0])
         tokens2d = self.embed_grid(images, grid.features)
@@ -279,16 +319,14 @@ class KARL(nn.Module):
                     base_grid: BaseGrid | None = None) -> Tensor:
         """Fixed-token regime: encode with exactly ``num_tokens`` tokens, keep all, decode."""
         enc = self.encode(images, epsilon=epsilon, budget=num_tokens, base_grid=base_grid)
-        enc.keep = torch.ones_like(enc.keep)
-        return self.decode(enc)
+        return self.decode(dataclasses.replace(enc, keep=torch.ones_like(enc.keep)))
 
     def keep_prefix(self, encoding: Encoding, k: int | Tensor) -> Encoding:
         """Encoding with only the first k tokens kept (tail-drop, for prefix-search baselines)."""
         b = encoding.keep.shape[0]
         k = torch.as_tensor(k, device=encoding.keep.device).reshape(-1, 1).expand(b, 1)
         idx = torch.arange(encoding.budget, device=encoding.keep.device)[None]
-        return Encoding(encoding.latents, encoding.halting_probs, idx < k, encoding.token_ids,
-                        encoding.epsilon)
+        return dataclasses.replace(encoding, keep=idx < k)
 
 
 def _select(mask: Tensor, a: Encoding, b: Encoding) -> Encoding:
