@@ -13,7 +13,8 @@ from karl.model import KARL
 
 
 def build_model(config: str | ModelConfig = "tiny", seed: int | None = None) -> KARL:
-    """A randomly initialised model from a preset name (``tiny``, ``cpu``, ``small``, ...) or config."""
+    """A randomly initialised model from a preset name (``tiny``, ``cpu``, ``gpu128``, ``small``,
+    ``small_vae``: :data:`karl.config.PRESETS`) or a config."""
     cfg = preset(config).model if isinstance(config, str) else config
     if seed is not None:
         torch.manual_seed(seed)

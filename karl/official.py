@@ -5,7 +5,8 @@ where ``args`` is an ``argparse.Namespace``. ``torch.load(weights_only=True)`` r
 object, and ``weights_only=False`` runs the pickle, which can execute arbitrary code: so
 reading one needs an explicit opt-in (``trust=True`` / ``--trust``).
 
-Key mapping (KARL_FACTS section 4; our parameter names equal the release's):
+Key mapping (the release's key lists are in tests/fixtures/official_state_dict; our
+parameter names equal the release's):
 
 - ``module.`` / ``_orig_mod.`` wrappers (DDP, ``torch.compile``) are stripped;
 - ``base_tokenizer.vqgan.*`` / ``base_tokenizer.vae.*`` (the fine-tuned base tokenizer)
@@ -46,7 +47,7 @@ __all__ = ["UntrustedCheckpointError", "convert_official", "infer_config", "load
            "load_official", "main", "map_official_keys", "read_official", "select_weights"]
 
 _WRAPPERS = ("module.", "_orig_mod.")
-# The release's arithmetic around its KL-VAE (KARL_FACTS section 4, checked on identical
+# The release's arithmetic around its KL-VAE (docs/OFFICIAL.md section 7, checked on identical
 # weights): the [0, 1] image goes in as it is, KARL sees latent x 0.2325, the decoder head's
 # prediction is decoded without dividing by 0.2325, and the raw output is the [0, 1] image.
 # The release samples the posterior; we default to its mean (``posterior=``, docs/OFFICIAL.md).

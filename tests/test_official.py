@@ -296,7 +296,7 @@ def test_decoder_masks_are_per_image():
 
 
 def test_release_head_major_mask_repeat_mixes_images():
-    """What the release does wrong (KARL_FACTS section 5), shown on one attention layer.
+    """What the release does wrong (docs/OFFICIAL.md, "How our model differs", 1), on one layer.
 
     ``nn.MultiheadAttention`` reads a 3D mask as [B * H, L, L] with row ``b * H + h``
     (batch-major, ``repeat_interleave``). The release builds it with ``repeat(H, 1, 1)``
@@ -446,7 +446,7 @@ def test_conventions_are_validated_and_kl_vae_only():
 @torch.no_grad()
 def release_vae_reference(model: KARL, x: torch.Tensor, eps: torch.Tensor,
                           sample_seed: int | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """The release's VAE path written out (KARL_FACTS section 4), from our KARL's layers.
+    """The release's VAE path written out (docs/OFFICIAL.md section 7), from our KARL's layers.
 
     [0, 1] image into the VAE encoder as it is; base part of the 2D token = posterior
     sample (MAR's ``mean + std * torch.randn(mean.shape)``; the mean when ``sample_seed`` is
