@@ -3,8 +3,9 @@
     python -m analysis.report --checkpoint assets/checkpoints/karl_cpu --data corpus --out report.html
     python -m analysis.report --checkpoint DIR --data path/to/images --human path/to/Savoias --out r.html
 
-``--data``: a folder of images, ``procedural`` (generated images) or ``corpus`` (the
-offline photo corpus in ``data_cache/corpus``, built on first use). At most
+``--data``: any data spec (``karl/data/spec.py``, as ``karl-eval --data``): a folder of images,
+``procedural`` (generated images), ``corpus`` (the offline photo corpus in ``data_cache/corpus``,
+built on first use), an image file, a glob, ``imagefolder:PATH`` or a Hugging Face name. At most
 ``--max-images`` images (default 64) are used, so the report builds on a CPU in minutes.
 Plotly's JavaScript is inlined once, so the file works offline.
 """
@@ -14,9 +15,7 @@ from __future__ import annotations
 import argparse
 import datetime as _dt
 import html
-import subprocess
 import sys
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -33,8 +32,9 @@ from analysis import (compute_delta, compute_description_length, compute_gallery
 from analysis._common import check_images
 from analysis.gallery import _thumb_uri
 from analysis.human import DEFAULT_EPSILONS, PROXY_SIZE, load_human, subsample_per_category
+from analysis.data import load_corpus, load_data, load_image_folder  # noqa: F401 (public here too)
+from karl.data.spec import DataSpecError, parse_data_spec
 
-CORPUS_DIR = Path("data_cache/corpus")
 BUNDLED_CHECKPOINT = Path("assets/checkpoints/karl_cpu")
 SECTIONS = {
     "model": "Model and data",
@@ -46,76 +46,6 @@ SECTIONS = {
     "description": "6. Known description length",
     "tokens": "7. What each token encodes",
 }
-
-
-# ----------------------------------------------------------------------------- data loading
-
-def load_image_folder(root: str | Path, size: int, max_images: int | None = 64,
-                      seed: int = 0) -> tuple[Tensor, list[str]]:
-    """Images of a folder (recursive; a seeded subset of ``max_images`` when larger),
-    preprocessed to ``size`` -> ([N, 3, size, size], relative names). Unreadable files are skipped."""
-    from karl.data.images import ImageLoadError, list_images, load_image, preprocess
-
-    root = Path(root)
-    paths = [root] if root.is_file() else list_images(root)
-    if max_images is not None and len(paths) > max_images:
-        keep = np.sort(np.random.default_rng(seed).choice(len(paths), max_images, replace=False))
-        paths = [paths[i] for i in keep]
-    images, names = [], []
-    for p in paths:
-        try:
-            images.append(preprocess(load_image(p), size))
-        except ImageLoadError as err:
-            warnings.warn(f"skipping {err}", stacklevel=2)
-            continue
-        names.append(str(p.relative_to(root)) if root.is_dir() else p.name)
-    if not images:
-        raise FileNotFoundError(f"no readable images under {root}")
-    return torch.stack(images), names
-
-
-def ensure_corpus(root: Path = CORPUS_DIR) -> Path:
-    """The offline photo corpus; built with ``python -m karl.data.corpus`` when missing."""
-    has_images = root.is_dir() and any(p.suffix.lower() in (".png", ".jpg", ".jpeg") for p in root.rglob("*"))
-    if not has_images:
-        import importlib.util
-        if importlib.util.find_spec("karl.data.corpus") is None:
-            raise FileNotFoundError(f"no photo corpus in {root} and no karl.data.corpus to build it; "
-                                    "pass --data FOLDER or --data procedural")
-        print(f"analysis.report: building the photo corpus in {root} (once)", file=sys.stderr)
-        subprocess.run([sys.executable, "-m", "karl.data.corpus", "--out", str(root)], check=True)
-    return root
-
-
-def load_data(spec: str, size: int, max_images: int = 64, seed: int = 0) -> tuple[Tensor, list[str], str]:
-    """``--data`` -> (images [N, 3, size, size], names, a one-line description)."""
-    if spec == "procedural":
-        from karl.data import procedural
-        images, samples = procedural.batch(max_images, size, seed)
-        names = [f"{s.family}-{s.seed}" for s in samples]
-        return images, names, f"{len(names)} procedural images (seed {seed})"
-    if spec == "corpus":
-        return load_corpus(ensure_corpus(), size, max_images, seed)
-    root = Path(spec)
-    images, names = load_image_folder(root, size, max_images, seed)
-    return images, names, f"{len(names)} images from {root}"
-
-
-def load_corpus(root: Path, size: int, max_images: int = 64, seed: int = 0) -> tuple[Tensor, list[str], str]:
-    """The corpus photos whole (centre-cropped); when there are fewer than ``max_images``,
-    topped up with deterministic multi-scale crops of them (named ``<photo>@crop<i>``)."""
-    from karl.data.corpus import FixedCropDataset
-
-    images, names = load_image_folder(root, size, max_images, seed)
-    extra = max_images - len(names)
-    if extra > 0:
-        crops = FixedCropDataset(root, size, crops_per_image=-(-extra // len(names)), seed=seed)
-        step = max(1, len(crops) // extra)
-        picks = list(range(0, len(crops), step))[:extra]
-        images = torch.cat([images, torch.stack([crops[i] for i in picks])])
-        names += [f"{Path(crops.entries[i // crops.k]['file']).name}@crop{i % crops.k}" for i in picks]
-    n_whole = min(len(names), max_images) - max(extra, 0)
-    return images, names, f"{len(names)} images from {root} ({n_whole} whole photos, the rest crops)"
 
 
 def load_model(checkpoint: str | None, preset: str | None = None, trust_official: bool = False,
@@ -422,7 +352,8 @@ def main(argv: list[str] | None = None) -> int:
     src.add_argument("--preset", help="random weights of a preset instead (e.g. tiny): smoke tests")
     ap.add_argument("--trust-official", action="store_true",
                     help="allow unpickling an authors' .pth checkpoint (only for files you trust)")
-    ap.add_argument("--data", default="corpus", help="image folder, 'procedural' or 'corpus' (default)")
+    ap.add_argument("--data", default="corpus", help="image folder, 'procedural[:N]', 'corpus' (default), "
+                    "image file, glob, imagefolder:PATH or a Hugging Face name (karl/data/spec.py)")
     ap.add_argument("--max-images", type=int, default=64)
     ap.add_argument("--human", help="Savoias root folder or a CSV of human scores")
     ap.add_argument("--human-images", help="image root for the paths of a --human CSV (default: its folder)")
@@ -447,8 +378,13 @@ def main(argv: list[str] | None = None) -> int:
                     help="inference precision (default fp32; auto: bf16 where the hardware has it)")
     args = ap.parse_args(argv)
 
+    try:  # first: a wrong spec or folder fails before anything slow runs
+        data = parse_data_spec(args.data)
+    except DataSpecError as err:
+        print(f"analysis.report: error: --data {err}", file=sys.stderr)
+        return 2
     human_df = None
-    if args.human:  # first: a wrong folder fails before anything slow runs
+    if args.human:
         try:
             human_df = load_human(args.human, args.human_images, strict=args.human_strict)
         except (FileNotFoundError, ValueError) as err:  # not Savoias, missing images (strict), bad CSV
@@ -461,7 +397,11 @@ def main(argv: list[str] | None = None) -> int:
         from karl.precision import set_precision
         set_precision(model, args.precision)
         model_desc += f", precision {args.precision}"
-    images, names, data_desc = load_data(args.data, model.image_size, args.max_images, args.seed)
+    try:
+        images, names, data_desc = load_data(data, model.image_size, args.max_images, args.seed)
+    except (DataSpecError, FileNotFoundError) as err:  # names nothing, nothing readable
+        print(f"analysis.report: error: --data {err}", file=sys.stderr)
+        return 2
     out = build_report(model, images, names, args.out, human_df, epsilon=args.epsilon,
                        csv_dir=args.csv_dir, n_per_family=args.n_per_family, seed=args.seed,
                        n_boot=args.bootstrap, batch_size=args.batch_size, model_desc=model_desc,

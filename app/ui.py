@@ -213,7 +213,7 @@ def load_analysis_set(model, source: str, files) -> tuple[Any, list[str], list[s
     import torch
 
     from app.batch import no_readable_image, prepare_inputs
-    from karl.data.images import list_images
+    from karl.data.spec import parse_data_spec
 
     size, notes = model.image_size, []
     if source == "probes":
@@ -221,7 +221,9 @@ def load_analysis_set(model, source: str, files) -> tuple[Any, list[str], list[s
         images, names = standard_probe_images(size)
         return images, list(names), notes
     if source == "examples":
-        files = list_images(EXAMPLES_DIR) if EXAMPLES_DIR.is_dir() else []
+        # A data spec like karl-eval's --data (karl/data/spec.py): the same files, in the same order.
+        # As strings: prepare_inputs reads an object's .name as its path, and a Path's is its basename.
+        files = [str(p) for p in parse_data_spec(EXAMPLES_DIR).image_files()] if EXAMPLES_DIR.is_dir() else []
     elif not files:
         raise inf.InputError("No files: upload images or a zip first, or choose a built-in set.")
     # Streams and decodes: only the small model inputs stay in memory (see prepare_inputs).

@@ -2,8 +2,9 @@
 
     karl-complexity IMAGES... [--checkpoint DIR|org/name] [--epsilon 0.05 0.1] [--out complexity.csv]
 
-IMAGES: folders (recursive), globs (``'data/**/*.jpg'``), image files, text files listing
-one image path a line, or ``imagefolder:PATH`` (a Hugging Face ``imagefolder`` data set).
+IMAGES: data specs (``karl/data/spec.py``, as ``karl-eval --data``): folders (recursive), globs
+(``'data/**/*.jpg'``), image files, ``procedural[:N]``, ``corpus``, ``imagefolder:PATH`` or a
+Hugging Face data set name; and text files listing one image path a line.
 Each image is preprocessed like ``karl-eval`` (shorter side -> the model's input size, centre
 crop), encoded once per epsilon and decoded from its kept tokens.
 
@@ -20,11 +21,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
-import glob
 import hashlib
 import json
 import logging
-import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +32,8 @@ from typing import Any, Callable
 import torch
 from torch import Tensor
 
+from karl.data.spec import (GLOB_CHARS, DataSpec, DataSpecError, MissingPathError, ensure_corpus, load_hf_split,
+                            parse_data_spec)
 from karl.precision import autocast as precision_autocast
 
 __all__ = ["main", "collect_images", "score_batch", "autocast_context", "autocast_dtype", "FIELDS",
@@ -40,7 +41,6 @@ __all__ = ["main", "collect_images", "score_batch", "autocast_context", "autocas
 
 FIELDS = ["path", "epsilon", "epsilon_bin", "kc_hat", "continuous_kc", "l1"]
 PRECISIONS = ("fp32", "bf16", "fp16", "auto")
-GLOB_CHARS = set("*?[")
 log = logging.getLogger("karl.complexity")
 
 
@@ -83,7 +83,7 @@ def autocast_context(precision: str, device: torch.device) -> contextlib.Abstrac
 @dataclass(frozen=True)
 class ImageItem:
     id: str                 # the CSV's path column
-    source: Any             # what karl.data.images.load_image reads (a path, bytes)
+    source: Any             # what karl.data.images.load_image reads (a path, bytes), or a ProceduralImage
 
 
 def _read_list(list_file: Path) -> list[ImageItem]:
@@ -104,41 +104,61 @@ def _read_list(list_file: Path) -> list[ImageItem]:
     return items
 
 
-def _imagefolder(path: str, split: str, image_key: str) -> list[ImageItem]:
-    """A Hugging Face ``imagefolder``; images stay undecoded so a bad file is skipped, not fatal."""
+@dataclass(frozen=True)
+class ProceduralImage:
+    """``procedural[:N]`` image ``seed``, rendered at the model's input size when it is read."""
+    seed: int
+
+    def render(self, size: int):
+        from karl.data.images import to_pil
+        from karl.data.procedural import generate
+        return to_pil(generate(seed=self.seed, size=size).image)
+
+
+def _hf_items(spec: DataSpec, split: str, image_key: str) -> list[ImageItem]:
+    """A Hugging Face data set (imagefolder:PATH or a Hub name); images stay undecoded so a bad
+    file is skipped, not fatal."""
     try:
         import datasets
-        ds = datasets.load_dataset("imagefolder", data_dir=path, split=split)
+        ds, split = load_hf_split(spec, [split], image_key)
         ds = ds.cast_column(image_key, datasets.Image(decode=False))
-    except Exception as err:
-        raise ComplexityError(f"imagefolder:{path}: cannot load split {split!r} "
-                              f"({type(err).__name__}: {err})") from None
+    except DataSpecError as err:  # a typo'd folder name reads as a data set name: say both
+        local = f" ({spec.text!r} is no local file or folder either)" if spec.kind == "hf" else ""
+        raise ComplexityError(f"{err}{local}") from None
     items = []
     for i, row in enumerate(ds[image_key]):
         if row.get("path"):
             items.append(ImageItem(row["path"], row["bytes"] if row.get("bytes") else row["path"]))
         else:
-            items.append(ImageItem(f"imagefolder:{path}/{split}/{i}", row["bytes"]))
+            items.append(ImageItem(f"{spec.text}/{split}/{i}", row["bytes"]))
     return items
 
 
-def _expand(spec: str, split: str, image_key: str) -> list[ImageItem]:
-    from karl.data.images import IMAGE_EXTENSIONS, list_images
-    if spec.startswith("imagefolder:"):
-        return _imagefolder(spec.split(":", 1)[1], split, image_key)
-    path = Path(spec).expanduser()
-    if path.is_dir():
-        return [ImageItem(str(p), p) for p in list_images(path)]
-    if path.is_file():
-        if path.suffix.lower() in IMAGE_EXTENSIONS:
-            return [ImageItem(spec, path)]
-        return _read_list(path)
-    if GLOB_CHARS & set(spec):
-        matches = sorted(p for p in glob.glob(os.path.expanduser(spec), recursive=True) if Path(p).is_file())
-        if not matches:
-            raise ComplexityError(f"{spec!r}: the glob matches no file")
-        return [ImageItem(m, Path(m)) for m in matches]
-    raise ComplexityError(f"{spec!r}: no such folder, image file, file list or glob match")
+def _parse(text: str) -> DataSpec:
+    try:
+        spec = parse_data_spec(text)
+        return parse_data_spec(ensure_corpus(spec.path)) if spec.kind == "corpus" else spec
+    except MissingPathError as err:
+        if not (GLOB_CHARS & set(text) or text.startswith("imagefolder:")):  # also file lists: say so
+            raise ComplexityError(f"{text!r}: no such folder, image file, file list or glob match") from None
+        raise ComplexityError(str(err)) from None
+    except DataSpecError as err:
+        raise ComplexityError(str(err)) from None
+
+
+def _expand(text: str, split: str, image_key: str) -> list[ImageItem]:
+    """The images of one data spec (:mod:`karl.data.spec`), or of a file listing image paths."""
+    from karl.data.images import IMAGE_EXTENSIONS
+    spec = _parse(text)
+    if spec.kind in ("imagefolder", "hf"):
+        return _hf_items(spec, split, image_key)
+    if spec.kind == "procedural":
+        return [ImageItem(f"procedural/{i:05d}", ProceduralImage(i)) for i in range(spec.count or 64)]
+    if spec.kind == "file":
+        if spec.path.suffix.lower() in IMAGE_EXTENSIONS:
+            return [ImageItem(text, spec.path)]
+        return _read_list(spec.path)
+    return [ImageItem(str(p), p) for p in spec.image_files()]  # a folder (recursive) or a glob
 
 
 def collect_images(specs: list[str], split: str = "train", image_key: str = "image") -> list[ImageItem]:
@@ -162,7 +182,9 @@ class _Images(torch.utils.data.Dataset):
     def __getitem__(self, i: int):
         from karl.data.images import ImageLoadError, load_image, preprocess
         try:
-            return i, preprocess(load_image(self.items[i].source), self.size), None  # = karl-eval's protocol
+            src = self.items[i].source
+            src = src.render(self.size) if isinstance(src, ProceduralImage) else src
+            return i, preprocess(load_image(src), self.size), None  # = karl-eval's protocol
         except (ImageLoadError, OSError, ValueError) as err:
             msg = str(err)  # ImageLoadError names the file first; skipped.txt has it in column 1
             return i, None, msg.split(": ", 1)[1] if msg.startswith(f"{self.items[i].source}: ") else msg
@@ -269,8 +291,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Score images with KARL: KC-hat (tokens kept), continuous KC and the L1 error at "
                     "KC-hat, per image and epsilon, into a CSV. Reruns resume.",
         epilog="IMAGES: folders (recursive), globs (quote them: 'data/**/*.png'), image files, text "
-               "files with one path a line, or imagefolder:PATH (Hugging Face imagefolder).")
-    p.add_argument("images", nargs="+", help="folders, globs, image files, file lists, imagefolder:PATH")
+               "files with one path a line, procedural[:N], corpus, imagefolder:PATH or a Hugging Face data set.")
+    p.add_argument("images", nargs="+", help="folders, globs, image files, file lists, procedural[:N], corpus, "
+                   "imagefolder:PATH, Hugging Face names")
     p.add_argument("--checkpoint", default=_default_checkpoint(),
                    help="release directory, Hugging Face Hub id (org/name), authors' .pth (with "
                         "--trust-official) or random:PRESET (default: the bundled karl_cpu)")
@@ -283,8 +306,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fp32, bf16, fp16 (autocast) or auto (bf16/fp16 on CUDA, fp32 on CPU)")
     p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda if available)")
     p.add_argument("--workers", type=int, default=0, help="image-loading worker processes (default 0)")
-    p.add_argument("--split", default="train", help="imagefolder split (default train)")
-    p.add_argument("--image-key", default="image", help="imagefolder image column")
+    p.add_argument("--split", default="train", help="Hugging Face / imagefolder split (default train)")
+    p.add_argument("--image-key", default="image", help="Hugging Face / imagefolder image column")
     p.add_argument("--overwrite", action="store_true", help="discard an existing CSV instead of resuming")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p

@@ -5,6 +5,8 @@
   manifest), ``split_sources``, ``RandomCropDataset``; CLI ``python -m karl.data.corpus``.
 - :mod:`karl.data.procedural`: images from small random programs of known length in bits.
 - :mod:`karl.data.datasets`: ``build_dataset(data_cfg, image_size, split)``.
+- :mod:`karl.data.spec`: ``parse_data_spec`` (the data spec every tool reads), ``load_hf_split``,
+  ``ensure_corpus``.
 """
 
 from karl.data.corpus import RandomCropDataset, build_corpus, load_manifest, split_sources

@@ -29,7 +29,6 @@ for any number of workers. Folder and Hugging Face sets also take keys
 
 from __future__ import annotations
 
-import os
 import warnings
 from pathlib import Path
 
@@ -39,16 +38,16 @@ from PIL import Image
 from torch import Tensor
 from torch.utils.data import ConcatDataset, Dataset, IterableDataset
 
-from karl.data.corpus import (MANIFEST, FixedCropDataset, RandomCropDataset, build_corpus, shard_seed,
-                              load_manifest, split_sources)
+from karl.data.corpus import FixedCropDataset, RandomCropDataset, load_manifest, shard_seed, split_sources
 from karl.data.images import ImageLoadError, list_images, load_image, preprocess, random_resized_crop
 from karl.data.procedural import generate
+from karl.data.spec import (DEFAULT_CORPUS, DataSpecError, HFLoadError, ensure_corpus, hf_spec, load_hf_split,
+                            spec_from_config)
 
 __all__ = ["build_dataset", "ResumableStream", "ProceduralDataset", "ProceduralEvalDataset", "MixedDataset", "ImageFolderDataset",
            "HFImageDataset", "SOURCES", "DEFAULT_CORPUS"]
 
 SOURCES = ("synthetic", "folder", "hf", "corpus", "mixed")
-DEFAULT_CORPUS = "data_cache/corpus"
 EVAL_PROCEDURAL = 256  # images in the synthetic eval set
 
 
@@ -256,28 +255,14 @@ class HFImageDataset(Dataset):
     def __init__(self, image_size: int, hf_name: str | None = None, hf_split: str = "train",
                  image_key: str = "image", data_dir: str | None = None, train: bool = True,
                  min_scale: float = 0.15, seed: int = 0, cache_dir: str | None = None):
-        try:
-            import datasets
-        except ImportError:
-            raise RuntimeError("data.source=hf needs `pip install datasets`") from None
-        name = hf_name or "imagefolder"
-        if name == "imagefolder" and not data_dir:
-            raise ValueError("data.source=hf needs data.hf_name, or data.path for an imagefolder")
+        spec = hf_spec(hf_name, data_dir)
         splits = [hf_split] if train else ["validation", "test", hf_split]
-        last_err: Exception | None = None
-        for split in splits:
-            try:
-                self.ds = datasets.load_dataset(name, data_dir=data_dir, split=split, cache_dir=cache_dir)
-                break
-            except ValueError as err:  # unknown split name: try the next
-                last_err = err
-            except Exception as err:
-                raise RuntimeError(_hf_help(name, split, err)) from err
-        else:
-            raise RuntimeError(_hf_help(name, splits[-1], last_err))
-        if image_key not in self.ds.column_names:
-            raise KeyError(f"{name} has no column {image_key!r} (columns: {self.ds.column_names}); "
-                           "set data.hf_image_key")
+        try:
+            self.ds, _ = load_hf_split(spec, splits, image_key, cache_dir)
+        except HFLoadError as err:
+            raise RuntimeError(f"{err}. {_HF_ADVICE}") from err
+        except DataSpecError as err:  # no such column
+            raise KeyError(f"{err}; set data.hf_image_key") from None
         self.image_key, self.image_size, self.train, self.min_scale = image_key, image_size, train, min_scale
         self.seed, self._rng = seed, _PerWorkerRng(seed)
 
@@ -292,45 +277,30 @@ class HFImageDataset(Dataset):
         return preprocess(img, self.image_size)
 
 
-def _hf_help(name: str, split: str, err: Exception | None) -> str:
-    offline = any(os.environ.get(k) == "1" for k in ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE"))
-    return (f"cannot load Hugging Face data set {name!r} split {split!r}: {err}\n"
-            f"{'Offline mode is on' if offline else 'If this machine is offline'}: with HF_DATASETS_OFFLINE=1 "
-            "(or HF_HUB_OFFLINE=1) `datasets` reads only data sets already in its cache "
-            "(~/.cache/huggingface); download it once where the Hub is reachable, or put the images in "
-            "a folder and use data.source=folder data.path=<dir> (or data.source=corpus for the "
-            "offline photo corpus).")
+_HF_ADVICE = ("With HF_DATASETS_OFFLINE=1 (or HF_HUB_OFFLINE=1) `datasets` reads only data sets already in "
+              "its cache (~/.cache/huggingface): download it once where the Hub is reachable, or put the "
+              "images in a folder and use data.source=folder data.path=<dir> (or data.source=corpus for "
+              "the offline photo corpus).")
 
 
 # ----------------------------------------------------------------------------- entry point
-
-def _corpus_root(path: str | None) -> Path:
-    root = Path(path or DEFAULT_CORPUS)
-    if not (root / MANIFEST).is_file():
-        print(f"karl.data: no photo corpus at {root}; building it from installed packages")
-        if not build_corpus(root, verbose=True):
-            raise RuntimeError("no corpus photos are installed (needs scikit-image at least)")
-    return root
-
 
 def build_dataset(data_cfg, image_size: int, split: str = "train") -> Dataset:
     """The data set described by ``data_cfg`` (a DataConfig), yielding [3, S, S] in [0, 1]."""
     split = _split(split)
     train, seed = split == "train", int(data_cfg.seed)
-    source = data_cfg.source
-    if source == "synthetic":
+    spec = spec_from_config(data_cfg)  # the same kinds as karl-eval's --data (karl/data/spec.py)
+    if spec.kind == "procedural":
         return ProceduralDataset(image_size, seed) if train else ProceduralEvalDataset(image_size, seed=seed)
-    if source == "folder":
-        if not data_cfg.path:
-            raise ValueError("data.source=folder needs data.path")
-        return ImageFolderDataset(data_cfg.path, image_size, train, data_cfg.min_crop_scale, seed)
-    if source == "hf":
+    if spec.kind == "folder":
+        return ImageFolderDataset(spec.path, image_size, train, data_cfg.min_crop_scale, seed)
+    if spec.kind in ("hf", "imagefolder"):
         return HFImageDataset(image_size, data_cfg.hf_name, data_cfg.hf_split, data_cfg.hf_image_key,
                               data_cfg.path, train, data_cfg.min_crop_scale, seed)
-    if source in ("corpus", "mixed"):
-        root = _corpus_root(data_cfg.path)
+    if spec.kind == "corpus":  # data.source corpus or mixed
+        root = ensure_corpus(spec.path)
         entries_train, entries_hold = split_sources(load_manifest(root), data_cfg.holdout_fraction, seed)
-        frac = float(data_cfg.procedural_fraction) if source == "mixed" else 0.0
+        frac = float(data_cfg.procedural_fraction) if data_cfg.source == "mixed" else 0.0
         if train:
             crops = RandomCropDataset(root, image_size, entries_train, data_cfg.min_crop_scale, seed)
             return MixedDataset(crops, frac, seed)  # a resumable stream, with or without procedural
@@ -342,4 +312,4 @@ def build_dataset(data_cfg, image_size: int, split: str = "train") -> Dataset:
             return fixed
         n_proc = round(len(fixed) * frac / max(1e-9, 1 - frac)) if frac < 1 else len(fixed)
         return ConcatDataset([fixed, ProceduralEvalDataset(image_size, n_proc, seed)])
-    raise ValueError(f"data.source must be one of {SOURCES}, got {source!r}")
+    raise AssertionError(f"unhandled data kind {spec.kind!r}")  # spec_from_config rejects the rest

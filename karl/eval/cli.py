@@ -94,8 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "(needs --trust-official), or random:PRESET (a random model, smoke tests only)")
     p.add_argument("--trust-official", action="store_true", help="allow unpickling an authors' .pth")
     p.add_argument("--data", required=True,
-                   help="image folder (recursive), image file, procedural[:N], imagefolder:PATH, "
-                        "or a Hugging Face data set name")
+                   help="image folder (recursive), image file, glob, procedural[:N], corpus, "
+                        "imagefolder:PATH, or a Hugging Face data set name (karl/data/spec.py)")
     p.add_argument("--out", required=True, help="results folder")
     p.add_argument("--fixed", help="token counts for the fixed regime, or 'none' "
                                    "(default: max_tokens/8,/4,/2,/1: 32,64,128,256 for 256)")
