@@ -4,27 +4,30 @@
     python benchmarks/inference_speed.py --device cuda --images 16 --repeats 5
 
 Variants, interleaved in every repeat so that a machine shared with other jobs slows all of
-them alike: ``fp32`` at batch 1, ``fp32`` at batch B (all images in one batch) and the fast
+them alike: ``fp32`` at batch 1, ``fp32`` at batch B (all images in one batch), the fast
 path at batch 1 (``--fast``, default ``auto``: bf16 autocast where the hardware has it, with
-oneDNN + channels-last for the base tokenizer on CPU; karl/precision.py). Reports the median
-seconds per image, the peak resident memory (CPU: VmRSS sampled every 5 ms above the level
-before the variant; CUDA: max allocated), and how the fast path's programs compare with
-fp32's: the share of images whose kept mask is equal, the number of differing decisions,
-the largest halting-probability and pixel differences.
+oneDNN + channels-last for the base tokenizer on CPU, and the fp32 re-check of images with a
+halting decision near the threshold; karl/precision.py) and the same fast
+path without the re-check. Reports the median seconds per image, the peak resident memory
+(CPU: VmRSS sampled every 5 ms above the level before the variant; CUDA: max allocated), and
+how the fast paths' programs compare with fp32's: the share of images whose kept mask is
+equal, the differing decisions, the largest halting-probability and pixel differences, and
+the share of images the re-check encoded again in fp32.
 
-**Weights.** Random ``small`` weights (seed 0) with one documented tweak so that halting
-drops tokens: a random head's logits differ by a few tenths between tokens and sit near 0
-(probability 0.5 < 0.75: every token kept). The bias of the halting head's last layer is
-set so that the median fp32 logit on these images equals the threshold (logit of 0.75):
-about half of the tokens halt. ``--logit-std S`` also scales that layer's weight so the
-logits have standard deviation S (probabilities spread towards 0 and 1 like a trained
-head's); this does not make decisions more robust, because it scales the bf16 error by the
-same factor. The line ``raw head`` estimates the flips of the unscaled head from the
-calibration pass. A random head puts many tokens near the threshold; a trained head learns
-0/1 labels with BCE, so its probabilities are likely farther from it and these counts a
-pessimistic case (not measured on trained weights).
+**Weights.** Random ``small`` weights (seed 0) except the halting head, which a random model
+does not have in any useful sense (its logits sit near 0, probability 0.5 < 0.75: every
+token kept). ``--head fit`` (default): the halting MLP alone is fitted with BCE, as training
+fits it, to 0/1 labels "halt every token after the first k_i" on the frozen encoder's
+outputs for ``--fit-images`` images; k_i grows with image i's detail (smooth random fields
+drawn at 1..256 cells a side, k from 8 to 3/4 of the budget), so the head, like a trained
+one, halts late tokens and puts most probabilities far from the threshold. The timed
+images are other draws of the same kind. ``--head bias``: the worst case kept from earlier
+versions, the random head's last bias set so that the median fp32 logit sits exactly at the
+threshold (half of the decisions are near it; ``--logit-std S`` also scales the layer).
+``--checkpoint DIR`` times a trained release instead (its own head, its image size).
 
-The last line is ``speedup_fast_vs_fp32=<x> keep_equal=<true|false> max_pixel_diff=<d>``.
+The last line is ``speedup_fast_vs_fp32=<x> keep_equal=<true|false> max_pixel_diff=<d>``
+for the fast path with the re-check.
 """
 
 from __future__ import annotations
@@ -33,14 +36,16 @@ import argparse
 import statistics
 import threading
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
 from karl import build_model
+from karl.api import load_model
 from karl.model import KARL
-from karl.precision import resolve_precision, set_precision
+from karl.precision import HALT_MARGIN, resolve_precision, set_precision
 
 
 def rss_bytes() -> int:
@@ -92,6 +97,41 @@ def halting_logits(model: KARL, x: torch.Tensor, eps: float) -> torch.Tensor:
                                   eps=1e-12).flatten().cpu() for i in range(len(x))])
 
 
+def detail_images(n: int, size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Smooth random fields with 1..size cells a side (log-uniform), and that side length."""
+    g = torch.Generator().manual_seed(seed)
+    sides = torch.round(2 ** (torch.rand(n, generator=g) * torch.log2(torch.tensor(float(size))))).long()
+    imgs = [torch.nn.functional.interpolate(torch.rand(1, 3, int(c), int(c), generator=g), size=size,
+                                            mode="bilinear", align_corners=False)[0] for c in sides]
+    return torch.stack(imgs).clamp(0, 1), sides
+
+
+def fit_halting_head(model: KARL, images: torch.Tensor, sides: torch.Tensor, eps: float,
+                     steps: int = 400) -> float:
+    """Fit ``model.halting_mlp`` (only) with BCE to "halt after the first k_i tokens" (module
+    doc) on the frozen encoder's fp32 outputs; returns the final training accuracy."""
+    budget = model.max_tokens
+    feats = []
+    hook = model.halting_mlp[0].register_forward_hook(lambda m, i, o: feats.append(i[0].detach()))
+    with torch.no_grad():
+        for i in range(len(images)):
+            model.encode(images[i:i + 1], epsilon=eps)
+    hook.remove()
+    x = torch.cat(feats)                                                   # [N, K, w]
+    frac = torch.log2(sides.float()) / torch.log2(torch.tensor(float(model.image_size)))
+    k = (8 + frac * (0.75 * budget - 8)).round()[:, None]                  # [N, 1]
+    labels = (torch.arange(budget)[None] >= k).float()                     # 1 = halt
+    opt = torch.optim.Adam(model.halting_mlp.parameters(), lr=3e-3)
+    for _ in range(steps):
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(model.halting_mlp(x).squeeze(-1), labels)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        probs = model.halting_mlp(x).squeeze(-1).sigmoid()
+    return float(((probs > model.config.halt_threshold).float() == labels).float().mean())
+
+
 @torch.no_grad()
 def tweak_halting(model: KARL, raw: torch.Tensor, logit_std: float) -> None:
     """Scale + shift the halting head's last layer (module doc), from the raw fp32 logits."""
@@ -113,21 +153,81 @@ def time_variant(fn: Callable[[], object], device: torch.device) -> float:
     return time.perf_counter() - t
 
 
+def setup_head(model: KARL, a: argparse.Namespace, fast: str, x: torch.Tensor) -> None:
+    """--head bias: the worst case (module doc), with an estimate of the raw head's flips."""
+    raw32 = halting_logits(model, x, a.epsilon)            # calibration on the random head
+    raw16 = halting_logits(set_precision(model, fast, recheck=False), x, a.epsilon)
+    tweak_halting(set_precision(model, "fp32"), raw32, a.logit_std)
+    t = torch.logit(torch.tensor(model.config.halt_threshold, dtype=torch.float64))
+    shift = t - raw32.median()
+    flips = int(((raw32 + shift <= t) != (raw16 + shift <= t)).sum())
+    print(f"head: random, bias at the median fp32 logit (logit std {raw32.std().item():.3f}): "
+          f"{flips} of {raw32.numel()} decisions differ between fp32 and {fast} (estimate)")
+
+
+def build(a: argparse.Namespace, device: torch.device, fast: str) -> tuple[KARL, torch.Tensor]:
+    if a.checkpoint:
+        model = load_model(a.checkpoint, device=device).eval()
+        x, _ = detail_images(a.images, model.image_size, seed=1)
+        print(f"head: trained ({a.checkpoint})")
+        return model, x.to(device)
+    model = build_model(a.preset, seed=0).to(device).eval()
+    x, _ = detail_images(a.images, model.image_size, seed=1)
+    x = x.to(device)
+    if a.head == "bias":
+        setup_head(model, a, fast, x)
+    else:
+        fit_x, sides = detail_images(a.fit_images, model.image_size, seed=2)
+        acc = fit_halting_head(model, fit_x.to(device), sides, a.epsilon)
+        print(f"head: fitted on {a.fit_images} other images (BCE, training accuracy {acc:.3f})")
+    return model, x
+
+
+def measure(model: KARL, x: torch.Tensor, a: argparse.Namespace, device: torch.device,
+            variants: dict) -> tuple[dict, dict, dict, dict]:
+    """Interleaved repeats (module doc): seconds per image, peak memory, outputs, re-checks."""
+    times: dict[str, list[float]] = {k: [] for k in variants}
+    memory = {k: 0 for k in variants}
+    outputs: dict[str, list] = {}
+    rechecked = {}
+    for r in range(a.repeats + 1):                 # repeat 0 warms up on one image (kernels)
+        for name, (precision, batch, recheck) in variants.items():
+            set_precision(model, precision, recheck=recheck)
+            chunks = [x[i:i + batch] for i in range(0, len(x) if r else 1, batch)]
+            results = []
+            with PeakMemory(device) as mem:
+                for c in chunks:
+                    dt = time_variant(lambda: results.append(run(model, c, a.epsilon)), device)
+                    if r > 0:
+                        times[name] += [dt / len(c)] * len(c)
+            memory[name] = max(memory[name], mem.peak)
+            if r > 0:
+                outputs[name] = [torch.cat(v) for v in zip(*results)]
+                rechecked[name] = model.precision_stats.get("rechecked_images", 0)
+    return times, memory, outputs, rechecked
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", default="small")
-    p.add_argument("--images", type=int, default=4, help="images (also the batch of 'fp32 batch B')")
+    p.add_argument("--checkpoint", help="a trained release dir instead of random --preset weights")
+    p.add_argument("--images", type=int, default=8, help="images (also the batch of 'fp32 batch B')")
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--epsilon", type=float, default=0.05)
     p.add_argument("--fast", default="auto", choices=("bf16", "fp16", "auto"))
+    p.add_argument("--head", choices=("fit", "bias"), default="fit",
+                   help="random-weight halting head: fitted with BCE (default) or the bias-only worst case")
+    p.add_argument("--fit-images", type=int, default=16, help="--head fit: images it is fitted on")
     p.add_argument("--logit-std", type=float, default=0.0,
-                   help="scale the halting head to this logit spread; 0: bias only (module doc)")
+                   help="--head bias: scale the head to this logit spread; 0: bias only")
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
     p.add_argument("--fp32-onednn", choices=("on", "off", "tune"), default="on",
                    help="oneDNN for the fp32 variants: on (default; the faster on this CPU), off, "
                         "or tune (karl.runtime's timing, as the entry points do: noisy on a busy machine)")
     a = p.parse_args(argv)
+    # The no-re-check variant warns about its near-threshold decisions: they are counted below.
+    warnings.filterwarnings("ignore", message=".*re-check off.*")
     device = torch.device(a.device)
     if a.threads:
         torch.set_num_threads(a.threads)
@@ -139,61 +239,39 @@ def main(argv: list[str] | None = None) -> int:
             torch.backends.mkldnn.enabled = a.fp32_onednn == "on"
         print(f"fp32 convolutions: {'oneDNN' if torch.backends.mkldnn.enabled else 'native'} kernels")
     fast = resolve_precision(a.fast, device)
-    model = build_model(a.preset, seed=0).to(device).eval()
-    s = model.image_size
-    x = torch.rand(a.images, 3, s, s, generator=torch.Generator().manual_seed(0)).to(device)
-    print(f"{a.preset} {s}px on {device} ({torch.get_num_threads()} threads), {a.images} images, "
-          f"{a.repeats} repeats, epsilon {a.epsilon}, fast path = {a.fast} -> {fast}")
+    model, x = build(a, device, fast)
+    print(f"{a.checkpoint or a.preset} {model.image_size}px on {device} ({torch.get_num_threads()} "
+          f"threads), {a.images} images, {a.repeats} repeats, epsilon {a.epsilon}, "
+          f"fast path = {a.fast} -> {fast}")
 
-    raw32 = halting_logits(model, x, a.epsilon)            # calibration on the random head
-    raw16 = halting_logits(set_precision(model, fast), x, a.epsilon)
-    tweak_halting(set_precision(model, "fp32"), raw32, a.logit_std)
-    t = torch.logit(torch.tensor(model.config.halt_threshold, dtype=torch.float64))
-    shift = t - raw32.median()
-    flips = int(((raw32 + shift <= t) != (raw16 + shift <= t)).sum())
-    print(f"raw head (logit std {raw32.std().item():.3f}, bias at the median): {flips} of "
-          f"{raw32.numel()} decisions differ between fp32 and {fast} (estimate)")
-
-    variants = {"fp32 batch 1": ("fp32", 1), f"fp32 batch {a.images}": ("fp32", a.images),
-                f"{fast} batch 1": (fast, 1)}
-    times: dict[str, list[float]] = {k: [] for k in variants}
-    memory = {k: 0 for k in variants}
-    outputs: dict[str, list] = {}
-    for r in range(a.repeats + 1):                 # repeat 0 warms up on one image (kernels)
-        for name, (precision, batch) in variants.items():
-            set_precision(model, precision)
-            chunks = [x[i:i + batch] for i in range(0, len(x) if r else 1, batch)]
-            results = []
-            with PeakMemory(device) as mem:
-                for c in chunks:
-                    dt = time_variant(lambda: results.append(run(model, c, a.epsilon)), device)
-                    if r > 0:
-                        times[name] += [dt / len(c)] * len(c)
-            memory[name] = max(memory[name], mem.peak)
-            if r > 0:
-                outputs[name] = [torch.cat(v) for v in zip(*results)]
+    fast_name, raw_name = f"{fast} batch 1", f"{fast} no re-check"
+    variants = {"fp32 batch 1": ("fp32", 1, True), f"fp32 batch {a.images}": ("fp32", a.images, True),
+                fast_name: (fast, 1, True), raw_name: (fast, 1, False)}
+    times, memory, outputs, rechecked = measure(model, x, a, device, variants)
     ref_keep, ref_probs, ref_img = outputs["fp32 batch 1"]
-    keep, probs, img = outputs[f"{fast} batch 1"]
-    equal = (keep == ref_keep).all(-1)
-    diff = (img - ref_img).abs()
     b_keep, _, b_img = outputs[f"fp32 batch {a.images}"]
     print(f"kept tokens per image (fp32): {ref_keep.sum(-1).tolist()} of {ref_keep.shape[1]}; "
-          f"fp32 tokens within 0.02 of the threshold: "
-          f"{int(((ref_probs - model.config.halt_threshold).abs() < 0.02).sum())}")
+          f"fp32 tokens within {HALT_MARGIN} of the threshold: "
+          f"{int(((ref_probs - model.config.halt_threshold).abs() < HALT_MARGIN).sum())} of {ref_probs.numel()}")
     print(f"fp32 batch {a.images} vs batch 1: masks equal {bool((b_keep == ref_keep).all())}, "
           f"max pixel diff {(b_img - ref_img).abs().max().item():.2e}")
-    print(f"{'variant':<14} {'s/image':>8} {'vs fp32':>8} {'peak MB':>8}")
+    print(f"{'variant':<16} {'s/image':>8} {'vs fp32':>8} {'peak MB':>8}")
     base = statistics.median(times["fp32 batch 1"])
     for name in variants:
         med = statistics.median(times[name])
-        print(f"{name:<14} {med:8.3f} {med / base:8.2f} {memory[name] / 2**20:8.0f}")
-    print(f"{fast} vs fp32: kept masks equal in {int(equal.sum())}/{len(equal)} images, "
-          f"{int((keep != ref_keep).sum())} decisions differ, max |halting prob diff| "
-          f"{(probs - ref_probs).abs().max().item():.4f}, pixels max {diff.max().item():.4f} "
-          f"mean {diff.mean().item():.4f}")
-    speedup = base / statistics.median(times[f"{fast} batch 1"])
-    print(f"speedup_fast_vs_fp32={speedup:.2f} keep_equal={str(bool(equal.all())).lower()} "
-          f"max_pixel_diff={diff.max().item():.4f}")
+        print(f"{name:<16} {med:8.3f} {med / base:8.2f} {memory[name] / 2**20:8.0f}")
+    for name in (raw_name, fast_name):
+        keep, probs, img = outputs[name]
+        equal = (keep == ref_keep).all(-1)
+        diff = (img - ref_img).abs()
+        print(f"{name} vs fp32: kept masks equal in {int(equal.sum())}/{len(equal)} images, "
+              f"{int((keep != ref_keep).sum())} decisions differ, max |halting prob diff| "
+              f"{(probs - ref_probs).abs().max().item():.4f}, pixels max {diff.max().item():.4f} "
+              f"mean {diff.mean().item():.4f}; re-encoded in fp32: {rechecked[name]}/{len(x)} images")
+    keep, _, img = outputs[fast_name]
+    speedup = base / statistics.median(times[fast_name])
+    print(f"speedup_fast_vs_fp32={speedup:.2f} keep_equal={str(bool((keep == ref_keep).all())).lower()} "
+          f"max_pixel_diff={(img - ref_img).abs().max().item():.4f}")
     return 0
 
 

@@ -12,6 +12,7 @@ a leave-one-out pass of 1 + 2 rows and the encoder, for an estimate before a lon
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import time
 
 import torch
@@ -23,9 +24,9 @@ def forced(model, k: int):
 
     def encode_forced(*args, **kwargs):
         enc = encode(*args, **kwargs)
-        enc.keep = torch.zeros_like(enc.keep)
-        enc.keep[:, :k] = True
-        return enc
+        keep = torch.zeros_like(enc.keep)
+        keep[:, :k] = True
+        return dataclasses.replace(enc, keep=keep)
     model.encode = encode_forced
     return model
 

@@ -17,7 +17,7 @@ import time
 import torch
 
 from karl.config import preset
-from karl.losses import token_recon_fn
+from karl.losses import TokenReconLoss
 from karl.model import KARL
 from karl.train.phases import karl_iteration
 
@@ -34,7 +34,7 @@ def bench(name: str, device: str, batch: int | None, iters: int) -> dict[str, fl
     s = cfg.model.image_size
     images = torch.rand(batch, 3, s, s, device=device)
     budget = cfg.model.max_tokens // 2
-    fn = token_recon_fn(model.base)
+    fn = TokenReconLoss(model.base)
     gen = torch.Generator().manual_seed(0)
     amp = device.startswith("cuda")
 

@@ -19,7 +19,6 @@ scored, 2 on bad arguments or an unloadable model.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import csv
 import hashlib
 import json
@@ -34,13 +33,12 @@ from torch import Tensor
 
 from karl.data.spec import (GLOB_CHARS, DataSpec, DataSpecError, MissingPathError, ensure_corpus, load_hf_split,
                             parse_data_spec)
-from karl.precision import autocast as precision_autocast
+from karl.precision import PRECISIONS, resolve_precision, set_precision
 
-__all__ = ["main", "collect_images", "score_batch", "autocast_context", "autocast_dtype", "FIELDS",
+__all__ = ["main", "collect_images", "score_batch", "resolved_precision", "FIELDS",
            "ComplexityError", "ImageItem"]
 
 FIELDS = ["path", "epsilon", "epsilon_bin", "kc_hat", "continuous_kc", "l1"]
-PRECISIONS = ("fp32", "bf16", "fp16", "auto")
 log = logging.getLogger("karl.complexity")
 
 
@@ -50,32 +48,13 @@ class ComplexityError(RuntimeError):
 
 # ----------------------------------------------------------------------------- precision
 
-def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype for ``precision`` on ``device``; None means plain fp32.
-
-    ``auto``: bf16 on CUDA GPUs that support it, else fp16 on CUDA; fp32 on CPU (bf16
-    autocast only pays on CPUs with native bf16, and it can move halting decisions, so
-    CPU users opt in with ``bf16``).
-    """
-    if precision not in PRECISIONS:
-        raise ComplexityError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-    if precision == "fp32":
-        return None
-    if precision == "auto":
-        if device.type != "cuda":
-            return None
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.bfloat16 if precision == "bf16" else torch.float16
-
-
-def autocast_context(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
-    """``torch.autocast`` for ``precision`` on ``device`` (a no-op context for fp32)."""
-    dtype = autocast_dtype(precision, device)
-    if dtype is None:
-        return contextlib.nullcontext()
-    # karl.precision's autocast also turns oneDNN on for CPU bf16 (karl.runtime may have turned
-    # it off for fp32, and bf16 convolutions without it are orders of magnitude slower).
-    return precision_autocast(device, "bf16" if dtype is torch.bfloat16 else "fp16")
+def resolved_precision(precision: str, device: torch.device) -> str:
+    """``fp32`` / ``bf16`` / ``fp16`` that ``precision`` means on ``device`` (karl.precision:
+    ``auto`` is bf16 where the hardware runs it natively, fp32 elsewhere)."""
+    try:
+        return resolve_precision(precision, device)
+    except ValueError as err:
+        raise ComplexityError(f"--precision: {err}") from None
 
 
 # ----------------------------------------------------------------------------- inputs
@@ -197,24 +176,25 @@ def _collate(batch: list) -> list:
 # ----------------------------------------------------------------------------- scoring
 
 @torch.no_grad()
-def score_batch(model, images: Tensor, epsilons: list[float], precision: str = "fp32") -> list[list[dict]]:
+def score_batch(model, images: Tensor, epsilons: list[float]) -> list[list[dict]]:
     """Per epsilon, per image: epsilon_bin, kc_hat, continuous_kc and l1 at KC-hat.
 
     One base-tokenizer pass per batch, then one encoder + one decoder pass per epsilon.
-    Returns ``rows[e][b]`` dicts (without path / epsilon).
+    Returns ``rows[e][b]`` dicts (without path / epsilon). Runs at the model's precision
+    (``karl.precision.set_precision``; reduced-precision programs are re-checked in fp32
+    near the halting threshold).
     """
     images = images.to(model.device)
     out = []
-    with autocast_context(precision, images.device):
-        grid = model.base_encode(images)
-        for eps in epsilons:
-            enc = model.encode(images, epsilon=eps, base_grid=grid)
-            rec = model.decode(enc).float()
-            l1 = (rec - images).abs().flatten(1).mean(1)
-            # bins are stored as float32 (0.05 -> 0.0500000007): 6 significant digits name the bin
-            out.append([{"epsilon_bin": float(f"{float(enc.epsilon[b]):.6g}"), "kc_hat": int(enc.kc_hat[b]),
-                         "continuous_kc": round(float(enc.continuous_kc[b]), 5), "l1": round(float(l1[b]), 6)}
-                        for b in range(images.shape[0])])
+    grid = model.base_encode(images)
+    for eps in epsilons:
+        enc = model.encode(images, epsilon=eps, base_grid=grid)
+        rec = model.decode(enc).float()
+        l1 = (rec - images).abs().flatten(1).mean(1)
+        # bins are stored as float32 (0.05 -> 0.0500000007): 6 significant digits name the bin
+        out.append([{"epsilon_bin": float(f"{float(enc.epsilon[b]):.6g}"), "kc_hat": int(enc.kc_hat[b]),
+                     "continuous_kc": round(float(enc.continuous_kc[b]), 5), "l1": round(float(l1[b]), 6)}
+                    for b in range(images.shape[0])])
     return out
 
 
@@ -254,9 +234,8 @@ def _fingerprint(model, checkpoint: str, precision: str, device: torch.device) -
     from karl.config import to_dict
     cfg = json.dumps(to_dict(model.config), sort_keys=True)
     ckpt = str(Path(checkpoint).resolve()) if Path(checkpoint).exists() else checkpoint
-    dtype = autocast_dtype(precision, device)
     return {"checkpoint": ckpt, "model_config_sha1": hashlib.sha1(cfg.encode()).hexdigest(),
-            "image_size": model.image_size, "precision": "fp32" if dtype is None else str(dtype)}
+            "image_size": model.image_size, "precision": resolved_precision(precision, device)}
 
 
 # ----------------------------------------------------------------------------- run
@@ -303,7 +282,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="complexity.csv", help="CSV to write or resume (default complexity.csv)")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--precision", default="fp32", choices=PRECISIONS,
-                   help="fp32, bf16, fp16 (autocast) or auto (bf16/fp16 on CUDA, fp32 on CPU)")
+                   help="fp32 (default), bf16, fp16 (autocast, programs near the halting threshold "
+                        "re-checked in fp32) or auto (bf16 where the CPU or GPU runs it natively)")
     p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda if available)")
     p.add_argument("--workers", type=int, default=0, help="image-loading worker processes (default 0)")
     p.add_argument("--split", default="train", help="Hugging Face / imagefolder split (default train)")
@@ -344,7 +324,7 @@ def run(args: argparse.Namespace) -> tuple[int, int, int]:
     if not items:
         raise ComplexityError("no images found in " + " ".join(args.images))
     model, device = _load(args)
-    autocast_dtype(args.precision, device)  # validate before any work
+    set_precision(model, resolved_precision(args.precision, device))  # validates before any work
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     if args.overwrite and out.exists():
@@ -381,7 +361,7 @@ def _score_all(model, items, todo, epsilons, args, out: Path, done) -> tuple[int
                     skipped.append((i, why))
             if good:
                 idx = [i for i, _ in good]
-                scores = score_batch(model, torch.stack([x for _, x in good]), epsilons, args.precision)
+                scores = score_batch(model, torch.stack([x for _, x in good]), epsilons)
                 _write_rows(writer, fh, items, idx, scores, epsilons, done)
                 scored += len(good)
             bar.update(len(batch))

@@ -153,8 +153,3 @@ class PixelReconLoss(ReconLoss):
         recon = self.base.decode_head(head)
         loss, parts = self.pixel_loss(recon, self.images, self.disc, self.gan_weight, self.last_layer)
         return loss, parts, recon
-
-
-def token_recon_fn(base: BaseTokenizer) -> TokenReconLoss:
-    """Stage 1's loss under its earlier name (``benchmarks/train_throughput.py`` calls it)."""
-    return TokenReconLoss(base)

@@ -17,13 +17,12 @@ halting probabilities are always computed in float32 from the logits.
 - Halting decisions are thresholds on probabilities, so reduced precision can flip a
   token whose probability lies near the threshold. Every reduced-precision ``encode``
   therefore re-checks: an image with any token within :data:`HALT_MARGIN` of the threshold
-  is encoded again in fp32 (base tokenizer included) and takes that program, so the kept
-  tokens are fp32's as long as reduced precision moves no probability by HALT_MARGIN or more
-  (the largest move measured: 0.017, benchmarks/inference_speed.py and docs/OFFICIAL.md).
-  Images far from the threshold, most of them under a trained head, pay nothing extra.
-  ``set_precision(model, p, recheck=False)`` turns the re-check off (faster, and the
-  decisions may then differ from fp32's near the threshold: it warns once when that can
-  happen). ``model.precision_stats`` counts images, near-threshold tokens and re-checks.
+  is encoded again entirely in fp32 (base tokenizer included, default conv layout) and
+  takes that program. Images far from the threshold pay nothing extra. This is a measured
+  guard, not a proof: an image whose flipped decisions all land outside the margin keeps a
+  reduced-precision program (HALT_MARGIN says what was measured).
+  ``set_precision(model, p, recheck=False)`` turns it off (faster; warns once when decisions
+  may differ). ``model.precision_stats`` counts images, near-threshold tokens and re-checks.
 """
 
 from __future__ import annotations
@@ -45,9 +44,13 @@ __all__ = ["HALT_MARGIN", "PRECISIONS", "autocast", "cpu_has_fast_bf16", "resolv
 
 PRECISIONS = ("fp32", "bf16", "fp16", "auto")
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
-# |halting prob - threshold| below which a reduced-precision decision is counted as at risk.
-# bf16 moved halting probabilities by up to 0.017 on random full-size weights (benchmark).
-HALT_MARGIN = 0.02
+# |halting prob - threshold| below which a reduced-precision decision is re-checked in fp32.
+# Measured with benchmarks/inference_speed.py (docs/OFFICIAL.md): under a BCE-fitted small
+# head bf16 flipped 15 of 2048 decisions, some as far as 0.063 from the threshold, but every
+# image with a flip also had a token within 0.04 of it (0.02 missed one image); under the
+# trained karl_cpu head bf16 moved probabilities by at most 0.013. The re-check is per image,
+# so it holds while no image's flips all lie farther out than this margin: measured, not proven.
+HALT_MARGIN = 0.04
 _WRAPPED = ("encode", "decode", "base_encode", "reconstruct")
 
 
@@ -126,31 +129,36 @@ def _near_threshold(model: nn.Module, probs: Tensor) -> Tensor:
     return (probs - model.config.halt_threshold).abs() < HALT_MARGIN
 
 
-def _set_conv_layout(model: nn.Module, fmt: torch.memory_format) -> None:
+def _set_conv_layout(model: nn.Module, fmt: torch.memory_format, encode_only: bool = False) -> None:
+    """The base tokenizer's conv weights to ``fmt``; ``encode_only`` leaves ``base.decoder``
+    alone (the re-check encodes only, and moving the decoder's weights twice per call cost
+    about 0.1 s on ``small``)."""
+    skip = set()
+    decoder = getattr(model.base, "decoder", None)
+    if encode_only and isinstance(decoder, nn.Module):
+        skip = {id(m) for m in decoder.modules()}
     for m in model.base.modules():
-        if isinstance(m, nn.Conv2d):
+        if isinstance(m, nn.Conv2d) and id(m) not in skip:
             m.to(memory_format=fmt)
 
 
-def _fp32_encode(model: nn.Module, method: Callable[..., Any], call: inspect.BoundArguments,
-                 rows: Tensor) -> Any:
+def _fp32_encode(model: nn.Module, method: Callable[..., Any], args: dict, rows: Tensor) -> Any:
     """``encode`` of the images in ``rows`` exactly as an fp32 model runs it: no autocast, the
     default conv layout, and the base grid recomputed (a cached one came from reduced precision)."""
-    args = dict(call.arguments)
-    args["images"] = args["images"][rows]
+    args = dict(args, images=args["images"][rows])
     args.pop("base_grid", None)
     eps = args.get("epsilon")
     if isinstance(eps, torch.Tensor) and eps.ndim == 1:
         args["epsilon"] = eps[rows.to(eps.device)]
     cpu_layout = model.device.type == "cpu"
     if cpu_layout:
-        _set_conv_layout(model, torch.contiguous_format)
+        _set_conv_layout(model, torch.contiguous_format, encode_only=True)
     try:
         with torch.autocast(model.device.type, enabled=False):
             return method(**args)
     finally:
         if cpu_layout:
-            _set_conv_layout(model, torch.channels_last)
+            _set_conv_layout(model, torch.channels_last, encode_only=True)
 
 
 def _merge(enc: Any, rows: Tensor, exact: Any) -> Any:
@@ -165,9 +173,11 @@ def _merge(enc: Any, rows: Tensor, exact: Any) -> Any:
                                        for f in dataclasses.fields(enc) if f.init})
 
 
-def _checked_encode(model: nn.Module, method: Callable[..., Any], enc: Any,
-                    call: inspect.BoundArguments) -> Any:
-    """Count near-threshold decisions; re-encode their images in fp32 (module doc)."""
+def _reduced_encode(model: nn.Module, method: Callable[..., Any], call: inspect.BoundArguments) -> Any:
+    """``encode`` under autocast, then the re-check of images near the threshold (module doc)."""
+    args = dict(call.arguments)
+    with autocast(model.device, model.precision):
+        enc = _to_float(method(**args))
     near = _near_threshold(model, enc.halting_probs)
     at_risk = near.any(-1)
     stats = model.precision_stats
@@ -176,9 +186,9 @@ def _checked_encode(model: nn.Module, method: Callable[..., Any], enc: Any,
     if not bool(at_risk.any()):
         return enc
     if model.precision_recheck:
-        rows = at_risk.nonzero().squeeze(1)
+        rows = at_risk.nonzero().squeeze(1).to(model.device)
         stats["rechecked_images"] += len(rows)
-        return _merge(enc, rows, _fp32_encode(model, method, call, rows.to(model.device)))
+        return _merge(enc, rows, _fp32_encode(model, method, args, rows))
     if not stats["warned"]:
         stats["warned"] = True
         warnings.warn(
@@ -199,10 +209,10 @@ def _wrap(model: nn.Module, name: str) -> Callable[..., Any]:
             return method(*args, **kwargs)   # fp32 (e.g. auto after a move), or nested in a wrapped call
         model._precision_active = True
         try:
+            if name == "encode":
+                return _reduced_encode(model, method, signature.bind(*args, **kwargs))
             with autocast(model.device, model.precision):
                 out = _to_float(method(*args, **kwargs))
-            if name == "encode":
-                out = _checked_encode(model, method, out, signature.bind(*args, **kwargs))
         finally:
             model._precision_active = False
         return out

@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 from karl import build_model, save_pretrained
-from karl.complexity import FIELDS, autocast_dtype, collect_images, main
+from karl.complexity import FIELDS, collect_images, main, resolved_precision
 from karl.data.images import load_image, preprocess
 
 
@@ -152,8 +152,10 @@ def test_exit_codes(release, tmp_path, capsys):
 
 
 def test_precision_choice():
-    cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    assert autocast_dtype("fp32", cuda) is None and autocast_dtype("auto", cpu) is None
-    assert autocast_dtype("bf16", cpu) is torch.bfloat16 and autocast_dtype("fp16", cuda) is torch.float16
+    """karl.precision's names: auto is bf16 where the CPU runs it natively; bad names fail."""
+    from karl.precision import cpu_has_fast_bf16
+    cpu = torch.device("cpu")
+    assert resolved_precision("fp32", cpu) == "fp32" and resolved_precision("bf16", cpu) == "bf16"
+    assert resolved_precision("auto", cpu) == ("bf16" if cpu_has_fast_bf16() else "fp32")
     with pytest.raises(RuntimeError, match="--precision"):
-        autocast_dtype("int8", cpu)
+        resolved_precision("int8", cpu)

@@ -104,7 +104,7 @@ def test_recheck_only_touches_images_near_the_threshold(tiny_model, tiny_images)
 def test_near_threshold_decisions_warn_once_without_recheck(tiny_model, tiny_images):
     _pin_halting_at_threshold(tiny_model)
     set_precision(tiny_model, "bf16", recheck=False)
-    with pytest.warns(UserWarning, match="within 0.02 of the threshold under bf16 with the fp32 "
+    with pytest.warns(UserWarning, match="within 0.04 of the threshold under bf16 with the fp32 "
                                          "re-check off"):
         enc = tiny_model.encode(tiny_images, epsilon=0.05)
     assert tiny_model.precision_stats["near_threshold_tokens"] == enc.keep.numel()
