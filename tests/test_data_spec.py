@@ -99,6 +99,19 @@ def test_hf_loader_fails_at_once_offline_with_one_line():
     assert "\n" not in str(info.value) and "split 'validation'" in str(info.value)  # no retry on other splits
 
 
+def test_hf_loader_fails_fast_when_the_hub_is_unreachable(monkeypatch):
+    """Not offline, the Hub does not answer: one line at once, without datasets' retries."""
+    import datasets
+    monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
+    monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: pytest.fail("datasets was asked"))
+    with pytest.raises(HFLoadError) as err:
+        S.load_hf_split(parse_data_spec("org/some_set"), ["validation"])
+    msg = str(err.value)
+    assert "\n" not in msg and "cannot reach 127.0.0.1:9" in msg and "HF_DATASETS_OFFLINE=1" in msg
+
+
 def test_hf_loader_reads_an_imagefolder_and_checks_the_column(folder):
     pytest.importorskip("datasets")
     ds, split = S.load_hf_split(parse_data_spec(f"imagefolder:{folder}"), ["validation", "train"])

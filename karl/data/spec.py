@@ -173,6 +173,26 @@ def _offline() -> bool:
     return any(os.environ.get(k) == "1" for k in ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE"))
 
 
+HUB_PROBE_TIMEOUT_S = 3.0
+
+
+def _hub_unreachable() -> str | None:
+    """Why the Hub cannot be reached (DNS or a TCP connect within HUB_PROBE_TIMEOUT_S), or None.
+
+    ``datasets`` retries an unreachable Hub for about half a minute before it gives up; a
+    mistyped folder name that parses as a data set name should fail at once instead.
+    """
+    import socket
+    from urllib.parse import urlparse
+    url = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    host, port = url.hostname or "huggingface.co", url.port or (443 if url.scheme == "https" else 80)
+    try:
+        socket.create_connection((host, port), timeout=HUB_PROBE_TIMEOUT_S).close()
+    except OSError as err:
+        return f"cannot reach {host}:{port} ({type(err).__name__}: {err})"
+    return None
+
+
 def load_hf_split(spec: DataSpec, splits: Sequence[str], image_key: str = "image",
                   cache_dir: str | None = None) -> tuple[Any, str]:
     """The first of ``splits`` that ``datasets`` loads -> (data set, split).
@@ -191,6 +211,12 @@ def load_hf_split(spec: DataSpec, splits: Sequence[str], image_key: str = "image
         import datasets
     except ImportError as e:
         raise HFLoadError(f"{spec.text!r} needs the `datasets` package (pip install datasets)") from e
+    if spec.kind == "hf" and not _offline():
+        why = _hub_unreachable()
+        if why:
+            raise HFLoadError(f"could not load Hugging Face data set {spec.text!r}: {why}; set "
+                              f"HF_DATASETS_OFFLINE=1 to read it from the local cache, or pass a "
+                              f"local folder ({SPEC_FORMS})")
     last: Exception | None = None
     for split in splits:
         try:
