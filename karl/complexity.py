@@ -282,8 +282,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="complexity.csv", help="CSV to write or resume (default complexity.csv)")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--precision", default="fp32", choices=PRECISIONS,
-                   help="fp32 (default), bf16, fp16 (autocast, programs near the halting threshold "
-                        "re-checked in fp32) or auto (bf16 where the CPU or GPU runs it natively)")
+                   help="fp32 (default), bf16, fp16 (base tokenizer and decoding at that precision, "
+                        "halting decisions guarded in fp32) or auto (bf16 where the CPU or GPU runs "
+                        "it natively)")
     p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda if available)")
     p.add_argument("--workers", type=int, default=0, help="image-loading worker processes (default 0)")
     p.add_argument("--split", default="train", help="Hugging Face / imagefolder split (default train)")

@@ -15,14 +15,17 @@ halting probabilities are always computed in float32 from the logits.
   magnitude slower, and oneDNN's bf16 kernels want NHWC. ``fp32`` restores the default
   layout, so fp32 results are bitwise those of a model that never had a precision set.
 - Halting decisions are thresholds on probabilities, so reduced precision can flip a
-  token whose probability lies near the threshold. Every reduced-precision ``encode``
-  therefore re-checks: an image with any token within :data:`HALT_MARGIN` of the threshold
-  is encoded again entirely in fp32 (base tokenizer included, default conv layout) and
-  takes that program. Images far from the threshold pay nothing extra. This is a measured
-  guard, not a proof: an image whose flipped decisions all land outside the margin keeps a
-  reduced-precision program (HALT_MARGIN says what was measured).
-  ``set_precision(model, p, recheck=False)`` turns it off (faster; warns once when decisions
-  may differ). ``model.precision_stats`` counts images, near-threshold tokens and re-checks.
+  token whose probability lies near the threshold. The reduced-precision ``encode`` is
+  therefore guarded by default: the base tokenizer runs at reduced precision, but the KARL
+  encoder, which makes the halting decisions, runs in fp32 on that base grid (bf16 in the
+  transformer moved a sharp head's decisions far more than bf16 in the base tokenizer), and
+  every image with a token within :data:`HALT_MARGIN` of the threshold is encoded again
+  entirely in fp32 (base tokenizer included, default conv layout) and takes that program.
+  Decoding runs at reduced precision. This is a measured guard, not a proof: an image whose
+  flipped decisions all land outside the margin keeps the guarded program (HALT_MARGIN says
+  what was measured). ``set_precision(model, p, recheck=False)`` runs all of ``encode``
+  under autocast without the re-check (fastest; warns once when decisions may differ).
+  ``model.precision_stats`` counts images, near-threshold tokens and re-checked images.
 """
 
 from __future__ import annotations
@@ -44,13 +47,12 @@ __all__ = ["HALT_MARGIN", "PRECISIONS", "autocast", "cpu_has_fast_bf16", "resolv
 
 PRECISIONS = ("fp32", "bf16", "fp16", "auto")
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
-# |halting prob - threshold| below which a reduced-precision decision is re-checked in fp32.
-# Measured with benchmarks/inference_speed.py (docs/OFFICIAL.md): under a BCE-fitted small
-# head bf16 flipped 15 of 2048 decisions, some as far as 0.063 from the threshold, but every
-# image with a flip also had a token within 0.04 of it (0.02 missed one image); under the
-# trained karl_cpu head bf16 moved probabilities by at most 0.013. The re-check is per image,
-# so it holds while no image's flips all lie farther out than this margin: measured, not proven.
-HALT_MARGIN = 0.04
+# |halting prob - threshold| below which a guarded decision is re-checked entirely in fp32.
+# Measured with benchmarks/inference_speed.py (docs/OFFICIAL.md section 8) on a BCE-fitted
+# small head: with only the base tokenizer in bf16 (the guarded path) the decisions that
+# flipped lay within 0.005 of the threshold; with everything in bf16 they lay up to 0.063
+# from it (15 of 2048 decisions), which is why the guarded path keeps the KARL encoder in fp32.
+HALT_MARGIN = 0.02
 _WRAPPED = ("encode", "decode", "base_encode", "reconstruct")
 
 
@@ -174,10 +176,19 @@ def _merge(enc: Any, rows: Tensor, exact: Any) -> Any:
 
 
 def _reduced_encode(model: nn.Module, method: Callable[..., Any], call: inspect.BoundArguments) -> Any:
-    """``encode`` under autocast, then the re-check of images near the threshold (module doc)."""
+    """``encode`` at reduced precision, guarded (module doc): the base tokenizer under autocast,
+    the KARL encoder, which makes the halting decisions, in fp32, and the images still near the
+    threshold encoded again entirely in fp32. Without the guard, all of it under autocast."""
     args = dict(call.arguments)
-    with autocast(model.device, model.precision):
-        enc = _to_float(method(**args))
+    if model.precision_recheck:
+        if args.get("base_grid") is None:
+            with autocast(model.device, model.precision):
+                args["base_grid"] = _to_float(model.base_encode(args["images"].to(model.device)))
+        with torch.autocast(model.device.type, enabled=False):
+            enc = method(**args)
+    else:
+        with autocast(model.device, model.precision):
+            enc = _to_float(method(**args))
     near = _near_threshold(model, enc.halting_probs)
     at_risk = near.any(-1)
     stats = model.precision_stats

@@ -101,10 +101,27 @@ def test_recheck_only_touches_images_near_the_threshold(tiny_model, tiny_images)
     assert not torch.equal(enc.latents, tiny_model.encode(tiny_images, epsilon=0.05).latents)
 
 
+def test_guarded_encode_runs_the_karl_encoder_in_fp32_on_the_reduced_grid(tiny_model, tiny_images):
+    """Far from the threshold (no re-check): the program is the fp32 KARL encoder's on the
+    bf16 base grid, bitwise; without the guard the encoder runs under autocast instead."""
+    with torch.no_grad():
+        tiny_model.halting_mlp[2].weight.zero_()
+        tiny_model.halting_mlp[2].bias.fill_(-8.0)
+    set_precision(tiny_model, "bf16")
+    grid16 = tiny_model.base_encode(tiny_images)
+    enc = tiny_model.encode(tiny_images, epsilon=0.05)
+    set_precision(tiny_model, "bf16", recheck=False)
+    unguarded = tiny_model.encode(tiny_images, epsilon=0.05)
+    set_precision(tiny_model, "fp32")
+    ref = tiny_model.encode(tiny_images, epsilon=0.05, base_grid=grid16)
+    assert torch.equal(enc.latents, ref.latents) and torch.equal(enc.halting_probs, ref.halting_probs)
+    assert not torch.equal(unguarded.latents, ref.latents)
+
+
 def test_near_threshold_decisions_warn_once_without_recheck(tiny_model, tiny_images):
     _pin_halting_at_threshold(tiny_model)
     set_precision(tiny_model, "bf16", recheck=False)
-    with pytest.warns(UserWarning, match="within 0.04 of the threshold under bf16 with the fp32 "
+    with pytest.warns(UserWarning, match="within 0.02 of the threshold under bf16 with the fp32 "
                                          "re-check off"):
         enc = tiny_model.encode(tiny_images, epsilon=0.05)
     assert tiny_model.precision_stats["near_threshold_tokens"] == enc.keep.numel()
