@@ -5,10 +5,8 @@ of that model instance run under the chosen precision; outputs come back in floa
 halting probabilities are always computed in float32 from the logits.
 
 - ``auto`` picks the fastest setting the hardware runs natively: ``bf16`` on CUDA devices
-  that support it and on CPUs with native bf16 (AVX-512 BF16 or AMX), ``fp32`` elsewhere.
-  bf16 can flip near-threshold halting decisions: 3 of 1024 on a random ``small`` head in
-  benchmarks/inference_speed.py (docs/OFFICIAL.md); use ``fp32`` for the exact programs.
-  fp16 is never chosen automatically (its range is too small for the VAE decoder's
+  that support it and on CPUs with native bf16 (AVX-512 BF16 or AMX), ``fp32`` elsewhere;
+  its halting decisions are guarded (below). fp16 is never chosen automatically (its range is too small for the VAE decoder's
   activations to be safe without a check on each model).
 - On CPU the reduced-precision path also turns on oneDNN and the channels-last layout for
   the base tokenizer's convolutions: bf16 convolutions without oneDNN run orders of
@@ -147,7 +145,8 @@ def _set_conv_layout(model: nn.Module, fmt: torch.memory_format, encode_only: bo
 def _fp32_encode(model: nn.Module, method: Callable[..., Any], args: dict, rows: Tensor) -> Any:
     """``encode`` of the images in ``rows`` exactly as an fp32 model runs it: no autocast, the
     default conv layout, and the base grid recomputed (a cached one came from reduced precision)."""
-    args = dict(args, images=args["images"][rows])
+    images = args["images"]
+    args = dict(args, images=images[rows.to(images.device)])
     args.pop("base_grid", None)
     eps = args.get("epsilon")
     if isinstance(eps, torch.Tensor) and eps.ndim == 1:
