@@ -28,7 +28,7 @@ from typing import Any
 from karl.checkpoint import CheckpointError
 
 __all__ = ["HubUnavailableError", "is_hub_id", "split_hub_id", "snapshot_dir", "push_to_hub",
-           "model_card", "write_hub_folder", "LOAD_FILES"]
+           "model_card", "write_hub_folder", "hub_endpoint", "LOAD_FILES"]
 
 LOAD_FILES = ("config.json", "model.safetensors")  # what loading needs; the card and its images stay remote
 DEFAULT_TIMEOUT_S = 10.0
@@ -84,6 +84,11 @@ def _settings() -> tuple[str, str, bool, float]:
     except ValueError:
         timeout = DEFAULT_TIMEOUT_S
     return os.path.expanduser(cache), endpoint, offline, timeout
+
+
+def hub_endpoint() -> str:
+    """The Hub's base URL (HF_ENDPOINT, read at call time, else huggingface_hub's default)."""
+    return _settings()[1]
 
 
 def _is_connection_error(err: BaseException) -> bool:

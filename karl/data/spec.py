@@ -184,7 +184,9 @@ def _hub_unreachable() -> str | None:
     """
     import socket
     from urllib.parse import urlparse
-    url = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+
+    from karl.hub import hub_endpoint
+    url = urlparse(hub_endpoint())
     host, port = url.hostname or "huggingface.co", url.port or (443 if url.scheme == "https" else 80)
     try:
         socket.create_connection((host, port), timeout=HUB_PROBE_TIMEOUT_S).close()
