@@ -82,9 +82,10 @@ def _load(spec: str | Path, trust_official: bool, device: str, what: str):
     try:
         return load_model(spec, trust=trust_official, device=device)
     except CheckpointError as err:  # HubUnavailableError says how to pass a local folder instead
-        hint = ("" if trust_official or "trust-official" in str(err)
-                or Path(str(spec)).suffix not in (".pth", ".pt", ".ckpt")
-                else " (an authors' .pth needs --trust-official)")
-        raise ModelLoadError(f"cannot load {what}: {err}{hint}") from None
+        # The loader's own line: only a real checkpoint that needs unpickling mentions
+        # --trust-official; a file that is not one (random bytes, truncated) never does.
+        msg = str(err)
+        msg = msg[len(str(spec)) + 2:] if msg.startswith(f"{spec}: ") else msg  # the path once
+        raise ModelLoadError(f"cannot load {what}: {msg}") from None
     except Exception as err:  # corrupt safetensors, bad JSON values, ...
         raise ModelLoadError(f"cannot load {what}: {type(err).__name__}: {err}") from None

@@ -69,13 +69,16 @@ def load_model(spec: str | Path, trust: bool = False, device: str | torch.device
     - ``random:PRESET``: randomly initialised weights of a preset (seed 0), for smoke tests;
     - a release directory, or the ``model.safetensors`` inside one;
     - a Hugging Face Hub id ``org/name[@rev]`` that is not a local path (:mod:`karl.hub`);
-    - an authors' ``.pth`` (or ``.pt``/``.ckpt``): refused unless ``trust``, because loading
-      it unpickles Python objects, which can run code (:mod:`karl.official`).
+    - an authors' ``.pth`` (or ``.pt``/``.ckpt``): read with ``torch.load(weights_only=True)``;
+      one that needs full unpickling (the authors' files hold an argparse Namespace) is
+      refused unless ``trust``, because that can run code (:mod:`karl.official`). A file
+      that is empty, truncated or not a checkpoint says so, whatever ``trust``.
 
     Returns the model in eval mode on ``device`` at ``precision``. Raises
     :class:`ModelNotFoundError` when ``spec`` names nothing,
-    :class:`karl.official.UntrustedCheckpointError` for an untrusted ``.pth``, and
-    :class:`CheckpointError` (or a subclass) when the files do not load.
+    :class:`karl.official.UntrustedCheckpointError` for a ``.pth`` that needs unpickling
+    without ``trust``, and :class:`CheckpointError` (or a subclass) when the files do not
+    load, including weights with NaN or infinity (:func:`karl.checkpoint.check_finite`).
     """
     from karl.hub import is_hub_id
     from karl.precision import set_precision
@@ -98,12 +101,11 @@ def load_model(spec: str | Path, trust: bool = False, device: str | torch.device
 
 
 def _load_official_file(path: Path, trust: bool, device: str | torch.device, precision: str) -> KARL:
-    from karl.official import UntrustedCheckpointError, load_official
-    # Refused before the file is even opened: the opt-in is about the kind of file, not its content.
-    if not trust:
-        raise UntrustedCheckpointError(
-            f"{path} is an authors' .pth checkpoint; loading it unpickles Python objects (can run "
-            "code). Pass --trust-official (trust=True) if you trust the file.")
+    from karl.official import load_official
     if not path.is_file():
         raise ModelNotFoundError(f"no such checkpoint file {path}")
-    return load_official(path, trust=True, device=device, precision=precision).eval()
+    # Without ``trust`` only torch.load(weights_only=True) runs (it unpickles nothing but
+    # tensors and plain containers), so the file gets the converter's diagnosis: empty,
+    # truncated or not a checkpoint in one line; UntrustedCheckpointError (the opt-in) only
+    # for a real checkpoint that needs unpickling, like the authors' files.
+    return load_official(path, trust=trust, device=device, precision=precision).eval()

@@ -2,6 +2,7 @@
 
 - Release dir: ``config.json`` (model config + provenance) and ``model.safetensors``,
   loaded strictly; missing/unexpected/mismatched keys are reported by name.
+  Non-finite weights (NaN, inf) are refused (:func:`check_finite`).
 - Training state: ``state.pt`` holding only tensors and plain Python types, so it loads
   with ``torch.load(weights_only=True)``; written atomically (tmp file + rename) so an
   interrupted save never corrupts the last good checkpoint.
@@ -65,6 +66,26 @@ def load_state_dict_strict(model: nn.Module, state: dict[str, torch.Tensor]) -> 
     model.load_state_dict(state, strict=True)
 
 
+def check_finite(state: dict[str, torch.Tensor], source: str | Path, limit: int = 3) -> None:
+    """Raise :class:`CheckpointError` in one line if a floating-point tensor of ``state`` holds
+    NaN or infinity, naming ``source`` and the first ``limit`` bad tensors (in file order).
+
+    A damaged release must not load: a NaN weight makes every halting probability NaN, so
+    every token is "kept" and every metric is NaN, which reads as a result.
+    """
+    bad = []
+    for name, t in state.items():
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            n_nan = int(torch.isnan(t).sum())
+            n_inf = int(torch.isinf(t).sum())
+            what = ", ".join(s for s in (f"{n_nan} NaN" if n_nan else "", f"{n_inf} inf" if n_inf else "") if s)
+            bad.append(f"{name} ({what})")
+    if bad:
+        more = f" and {len(bad) - limit} more" if len(bad) > limit else ""
+        raise CheckpointError(f"{source}: non-finite weights in {len(bad)} of {len(state)} tensors, first "
+                              f"{', '.join(bad[:limit])}{more}; the file is damaged, refusing to load it")
+
+
 def write_release(directory: str | Path, config: dict[str, Any], state: dict[str, torch.Tensor],
                   extra: dict[str, Any] | None = None) -> Path:
     d = Path(directory)
@@ -97,4 +118,5 @@ def read_release(directory: str | Path) -> tuple[dict[str, Any], dict[str, torch
         state = load_file(str(weights))
     except Exception as e:
         raise CheckpointError(f"cannot read {weights}: {e}") from e
+    check_finite(state, weights)
     return meta, state

@@ -39,7 +39,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from karl.checkpoint import CheckpointError, check_state_dict, write_release
+from karl.checkpoint import CheckpointError, check_finite, check_state_dict, write_release
 from karl.config import LOSS_BINS, BaseTokenizerConfig, ModelConfig, preset, to_dict
 from karl.model import KARL
 
@@ -351,6 +351,7 @@ def _prepare(path: str | Path, trust: bool, weights: Literal["ema", "model"] | N
     ckpt = read_official(path, trust=trust)
     raw, used = select_weights(ckpt, weights)
     state = map_official_keys(raw)
+    check_finite(state, path)                      # a damaged file loads nowhere
     args = ckpt.get("args")
     cfg = infer_config(state, args=args, heads=heads, posterior=posterior)
     with torch.device("meta"):                      # shapes only: no memory, no init cost

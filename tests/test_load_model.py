@@ -53,3 +53,47 @@ def test_every_caller_routes_through_the_one_loader(tmp_path, monkeypatch):
     from karl.official import load_any
     eval_load(str(rel)), report_load(str(rel)), load_app_model(rel), load_any(rel)
     assert calls == [str(rel)] * 4
+
+
+def test_non_finite_weights_are_refused_on_every_load_path(tmp_path):
+    """Issue 25: a release with a NaN in one tensor must not load (it served "L1 is nan")."""
+    from safetensors.torch import load_file, save_file
+
+    from karl.checkpoint import CheckpointError
+    rel = save_pretrained(build_model("tiny", seed=0), tmp_path / "rel")
+    weights = rel / "model.safetensors"
+    state = load_file(str(weights))
+    names = list(state)
+    state[names[3]] = state[names[3]].clone().view(-1).index_fill(0, torch.tensor([0, 1]), float("nan")).view(
+        state[names[3]].shape)
+    state[names[7]] = torch.full_like(state[names[7]], float("inf"))
+    save_file(state, str(weights))
+    for spec in (rel, weights):
+        with pytest.raises(CheckpointError) as err:
+            load_model(spec)
+        msg = str(err.value)
+        assert "\n" not in msg and str(weights) in msg and "non-finite weights in 2 of" in msg
+        assert f"{names[3]} (2 NaN)" in msg and names[7] in msg and "inf" in msg
+    pth = tmp_path / "damaged.pth"   # an authors'-style file, converted on load
+    torch.save({"args": argparse.Namespace(), "ema": {"latent_tokens": torch.tensor([[0.0, float("nan")]])}}, pth)
+    with pytest.raises(CheckpointError, match=r"damaged.pth: non-finite weights in 1 of 1 tensors, first "
+                                              r"latent_tokens \(1 NaN\)"):
+        load_model(pth, trust=True)
+
+
+@pytest.mark.parametrize("blob,expected", [(b"\x13\x37" * 2048, "not a PyTorch checkpoint"),
+                                           (b"", "empty"), (None, "truncated")])
+def test_untrusted_pth_that_is_not_a_checkpoint_is_diagnosed_not_refused(tmp_path, blob, expected):
+    """The converter's diagnosis, with or without trust; --trust-official is never suggested
+    for a file that is not a checkpoint (issue 25)."""
+    from karl.checkpoint import CheckpointError
+    path = tmp_path / "random.pth"
+    if blob is None:   # a real checkpoint cut in half
+        torch.save({"args": argparse.Namespace(), "ema": {"x": torch.zeros(256, 256)}}, path)
+        blob = path.read_bytes()[: path.stat().st_size // 2]
+    path.write_bytes(blob)
+    for trust in (False, True):
+        with pytest.raises(CheckpointError) as err:
+            load_model(path, trust=trust)
+        assert not isinstance(err.value, UntrustedCheckpointError)
+        assert expected in str(err.value) and "--trust" not in str(err.value) and "unpickl" not in str(err.value)

@@ -327,6 +327,27 @@ def test_resume_after_a_crash_does_not_repeat_log_steps(tmp_path, monkeypatch):
     assert resume["step"] == 4 and resume["dropped_log_records"] == 2   # step 5 and the cut line
 
 
+def test_fresh_start_after_a_kill_before_the_first_save_starts_a_new_log(tmp_path, monkeypatch):
+    """Issue 25: killed (-9) before its first checkpoint, the rerun starts fresh; its log must
+    not carry the dead run's steps, and the old log is kept, renamed, with nothing lost."""
+    from karl.train.loop import train
+    out = tmp_path / "run"
+    _crash_at(monkeypatch, 1, RuntimeError("simulated kill"))   # step 1 logged, first save at 2
+    with pytest.raises(RuntimeError, match="simulated"):
+        train(_resume_cfg(out), show_progress=False)
+    monkeypatch.undo()
+    assert not (out / "state.pt").exists()
+    dead = (out / "log.jsonl").read_text()
+    train(_resume_cfg(out), show_progress=False)
+    records = [json.loads(l) for l in (out / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if "event" not in r] == [1, 2, 3, 4, 5, 6]
+    assert records[0] == {**records[0], "event": "new_log", "previous_log": "log.jsonl.1"}
+    assert (out / "log.jsonl.1").read_text() == dead
+    from karl.train.state import set_aside_log   # a second fresh start: .2, .1 untouched
+    assert set_aside_log(out / "log.jsonl").name == "log.jsonl.2" and (out / "log.jsonl.1").read_text() == dead
+    assert set_aside_log(out / "log.jsonl") is None
+
+
 def test_state_is_fsynced_before_the_rename(tmp_path, monkeypatch):
     import karl.train.loop as loop
     calls = []

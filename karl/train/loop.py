@@ -38,7 +38,8 @@ from karl.train.ema import EMA
 from karl.train.phases import karl_iteration, sample_budget
 from karl.train.schedule import build_optimizer, lr_at, scaled_lr, set_lr
 # ResumeError is raised here and caught by karl-train under this module's name.
-from karl.train.state import ResumeError, check_same_run, durable_save, read_state, trim_log
+from karl.train.state import (ResumeError, check_same_run, durable_save, read_state, set_aside_log,
+                              trim_log)
 
 
 class NonFiniteLossError(RuntimeError):
@@ -75,9 +76,10 @@ def init_distributed() -> DistInfo:
 class TrainStep(nn.Module):
     """Wraps one stage's forward so DistributedDataParallel sees a single ``forward``."""
 
-    def __init__(self, model: KARL, stage: int, pixel_loss: PixelLoss | None):
+    def __init__(self, model: KARL, stage: int, pixel_loss: PixelLoss | None, train_base: bool = True):
         super().__init__()
         self.model, self.stage, self.pixel_loss = model, stage, pixel_loss
+        self.train_base = stage == 2 and train_base
 
     def forward(self, images: Tensor, budget: int, generator: torch.Generator, cfg,
                 disc: nn.Module | None = None, gan_w: float = 0.0) -> tuple[Tensor, dict[str, float]]:
@@ -89,10 +91,12 @@ class TrainStep(nn.Module):
         if self.stage == 1:
             recon = TokenReconLoss(m.base)
         else:
-            recon = PixelReconLoss(m.base, images, self.pixel_loss, disc, gan_w,
-                                   last_layer_weight(m.base) if disc is not None and gan_w > 0 else None)
+            last = None
+            if disc is not None and gan_w > 0:  # the adaptive GAN weight needs a trained last layer
+                last = last_layer_weight(m.base) if self.train_base else m.decoder_head_weight()
+            recon = PixelReconLoss(m.base, images, self.pixel_loss, disc, gan_w, last)
         loss, parts, _ = karl_iteration(m, images, recon, cfg, generator, budget=budget,
-                                        base_trainable=self.stage == 2)
+                                        base_trainable=self.train_base)
         return loss, parts
 
 
@@ -121,6 +125,10 @@ class Trainer:
         self.scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
         state_path = self.out / "state.pt"
         resume = state_path.exists() and not restart
+        if not resume and self.dist.is_main:  # a fresh start: no lines of a dead run's log
+            previous = set_aside_log(self.out / "log.jsonl")
+            if previous is not None:
+                self.log({"event": "new_log", "previous_log": previous.name})
         if not resume and self.tc.init_from:
             self._init_from(self.tc.init_from)
         if not resume and self.tc.base_from:
@@ -128,7 +136,7 @@ class Trainer:
         self.ema = EMA(self.model, self.tc.ema_decay)  # built after loading: it averages from those weights
         if resume:
             self._resume(state_path)
-        self.step_module = TrainStep(self.model, self.tc.stage, self.pixel_loss)
+        self.step_module = TrainStep(self.model, self.tc.stage, self.pixel_loss, self.tc.stage2_train_base)
         self.ddp = DDP(self.step_module, device_ids=[self.device.index] if self.device.type == "cuda" else None) \
             if self.dist.world_size > 1 else self.step_module
         self.ddp_disc = (DDP(self.disc, device_ids=[self.device.index] if self.device.type == "cuda" else None)
@@ -143,7 +151,8 @@ class Trainer:
             raise ValueError("stage 0 trains our conv autoencoder; the VQGAN/VAE come pretrained")
         for name, p in self.model.named_parameters():
             in_base = name.startswith("base.")
-            p.requires_grad_(in_base if stage == 0 else (not in_base if stage == 1 else True))
+            p.requires_grad_(in_base if stage == 0 else (not in_base or self.tc.stage2_train_base
+                                                         if stage == 2 else not in_base))
 
     def _pixel_loss(self) -> PixelLoss:
         module = None
@@ -237,7 +246,7 @@ class Trainer:
         budget = sample_budget(tc, budget_gen)
         w = gan_weight(tc, step) if self.disc is not None else 0.0
         self.model.train()
-        if tc.stage == 1:
+        if tc.stage == 1 or not self.step_module.train_base:
             self.model.base.eval()
         if self.disc is not None:
             self.disc.requires_grad_(False)

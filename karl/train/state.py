@@ -4,7 +4,8 @@
 written durably (tmp file, fsync, rename, fsync of the folder). On resume it is read with
 a one-line :class:`ResumeError` for an empty, truncated or foreign file, checked against
 the run's stage and model config, and ``log.jsonl`` is trimmed to the saved step so each
-step is logged once. The :class:`~karl.train.loop.Trainer` decides what goes into the state.
+step is logged once. A fresh start (no ``state.pt``, or ``--restart``) begins a new
+``log.jsonl``; an old one (a run killed before its first save) is kept as ``log.jsonl.N``. The :class:`~karl.train.loop.Trainer` decides what goes into the state.
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ import torch
 from karl.checkpoint import CheckpointError, load_state
 from karl.config import ExperimentConfig, to_dict
 
-__all__ = ["ResumeError", "durable_write", "durable_save", "read_state", "check_same_run", "trim_log"]
+__all__ = ["ResumeError", "durable_write", "durable_save", "read_state", "check_same_run", "trim_log",
+           "set_aside_log"]
 
 
 class ResumeError(RuntimeError):
@@ -127,3 +129,17 @@ def trim_log(log: Path, step: int) -> int:
     if dropped:
         durable_write(log, "".join(kept).encode())
     return dropped
+
+
+def set_aside_log(log: Path) -> Path | None:
+    """Rename an existing ``log`` to ``log.N`` (N: one more than the highest kept) before a
+    fresh start, so the new run's log holds only its own steps and no line is lost.
+    Returns the new name, or None when there was no log."""
+    if not log.is_file():
+        return None
+    taken = [int(p.name[len(log.name) + 1:]) for p in log.parent.glob(f"{log.name}.*")
+             if p.name[len(log.name) + 1:].isdigit()]
+    target = log.with_name(f"{log.name}.{max(taken, default=0) + 1}")
+    os.replace(log, target)
+    fsync_dir(log.parent)
+    return target
