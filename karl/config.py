@@ -2,7 +2,7 @@
 
 A config is built in three layers, each overriding the last:
 
-1. a named preset (``tiny``, ``cpu``, ``gpu128``, ``small``, ``small_vae``) from :data:`PRESETS`;
+1. a named preset (``tiny``, ``cpu``, ``cpu_tae``, ``gpu128``, ``small``, ``small_vae``) from :data:`PRESETS`;
 2. an experiment YAML (``configs/*.yaml``) holding ``preset:`` and nested sections;
 3. command-line overrides ``section.field=value`` (``train.lr=2e-4``).
 
@@ -34,7 +34,7 @@ class ConfigError(ValueError):
 
 # Closed vocabularies. Each is checked in its dataclass's __post_init__, so a typo such as
 # data.source=foldr fails when the config is built, not minutes later inside the data loader.
-BaseKind = Literal["conv_ae", "vqgan", "kl_vae"]
+BaseKind = Literal["conv_ae", "vqgan", "kl_vae", "tae"]
 DataSource = Literal["synthetic", "folder", "hf", "corpus", "mixed"]
 Stage = Literal[0, 1, 2]
 BASE_KINDS: tuple[str, ...] = typing.get_args(BaseKind)
@@ -55,7 +55,8 @@ class BaseTokenizerConfig:
     """The 2D base tokenizer whose grid KARL distils into 1D tokens.
 
     ``kind``: ``conv_ae`` (ours, trainable on CPU: stage 0), ``vqgan`` (MaskGIT/MAGE
-    architecture) or ``kl_vae`` (LDM/MAR KL-16).
+    architecture), ``kl_vae`` (LDM/MAR KL-16) or ``tae`` (a pretrained tiny autoencoder,
+    TAEF2 bundled; ``checkpoint`` names ``taef2`` or a folder with encoder/decoder weights).
     """
 
     kind: BaseKind = "conv_ae"
@@ -148,6 +149,9 @@ class TrainConfig:
     # loss (L1 + lpips_weight * LPIPS + the GAN term). The name is the stage-1 one, kept for
     # existing configs.
     token_loss_weight: float = 1.0
+    # Stage 2 fine-tunes the base tokenizer with KARL (the paper's recipe) unless this is off;
+    # a pretrained frozen base (``tae``) keeps its weights, so releases share it unchanged.
+    stage2_train_base: bool = True
     halt_loss_weight: float = 1.0
     quant_loss_weight: float = 1.0
     # Stage 2 (pixel losses)
@@ -240,6 +244,26 @@ def _cpu() -> ExperimentConfig:
     return ExperimentConfig(preset="cpu", model=model, train=train, data=data)
 
 
+def _cpu_tae() -> ExperimentConfig:
+    # The bundled model since issue 22: a frozen pretrained TAEF2 base (32 x 8 x 8 latents at
+    # 64 px, scaled by 1/3 to about [-1, 1]), up to 64 tokens of 24 floats (1,536 floats: the
+    # code size at which a DCT of the held-out photos reaches L1 0.046), width 192.
+    base = BaseTokenizerConfig(kind="tae", latent_dim=32, downsample=8, latent_scale=1 / 3,
+                               checkpoint="taef2")
+    model = ModelConfig(image_size=64, width=192, encoder_layers=4, decoder_layers=4, heads=4,
+                        num_latent_tokens=64, max_tokens=64, pos_table_size=8, token_dim=24,
+                        halting_hidden=192, base=base)
+    train = TrainConfig(batch_size=32, lr=2e-3, warmup_steps=100, max_steps=20_000,
+                        budget_choices=(1, 2, 4, 6, 8, 12, 16, 24, 32, 40, 48, 56, 64),
+                        ema_decay=0.998, amp=False, amp_cpu=True, lpips_net="alex",
+                        gan_weight_mid=0.0, gan_weight_late=0.0, stage2_train_base=False,
+                        halting_labels="minimal", ltc_free_condition_fraction=0.5,
+                        log_every=20, ckpt_every=50)
+    data = DataConfig(source="mixed", path="data_cache/corpus", procedural_fraction=0.3,
+                      holdout_fraction=0.2)
+    return ExperimentConfig(preset="cpu_tae", model=model, train=train, data=data)
+
+
 def _gpu128() -> ExperimentConfig:
     # The larger bundled-model candidate for one GPU: 128x128 input, 16x16 grid, 128 tokens,
     # small enough (~50 MB of fp32 weights) to ship in the repository.
@@ -275,6 +299,7 @@ def _small(base_kind: str = "vqgan") -> ExperimentConfig:
 PRESETS: dict[str, typing.Callable[[], ExperimentConfig]] = {
     "tiny": _tiny,
     "cpu": _cpu,
+    "cpu_tae": _cpu_tae,
     "gpu128": _gpu128,
     "small": _small,
     "small_vae": lambda: _small("kl_vae"),

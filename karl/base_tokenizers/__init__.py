@@ -27,12 +27,13 @@ from torch import Tensor
 from karl.base_tokenizers.base import BaseGrid, BaseTokenizer
 from karl.base_tokenizers.conv_ae import ConvAutoencoder
 from karl.base_tokenizers.kl_vae import KLVAETokenizer
+from karl.base_tokenizers.tiny_ae import TinyAECheckpointError, TinyAutoencoder
 from karl.base_tokenizers.vqgan import VQGANTokenizer
 from karl.config import BaseTokenizerConfig
 
 __all__ = [
     "BaseGrid", "BaseTokenizer", "BaseCheckpointError", "ConvAutoencoder", "KLVAETokenizer",
-    "VQGANTokenizer", "TOKENIZERS", "build_base_tokenizer", "canonical_state_dict",
+    "VQGANTokenizer", "TinyAutoencoder", "TinyAECheckpointError", "TOKENIZERS", "build_base_tokenizer", "canonical_state_dict",
     "load_base_checkpoint", "strip_prefix",
 ]
 
@@ -40,6 +41,7 @@ TOKENIZERS: dict[str, type[BaseTokenizer]] = {
     "conv_ae": ConvAutoencoder,
     "vqgan": VQGANTokenizer,
     "kl_vae": KLVAETokenizer,
+    "tae": TinyAutoencoder,
 }
 
 # A key with one of these prefixes selects a subtree: everything else is dropped.
@@ -69,7 +71,7 @@ def build_base_tokenizer(cfg: BaseTokenizerConfig) -> BaseTokenizer:
         raise ValueError(f"unknown base tokenizer kind {cfg.kind!r}; valid: {sorted(TOKENIZERS)}")
     _check_conventions(cfg)
     tokenizer = TOKENIZERS[cfg.kind](cfg)
-    if cfg.checkpoint:
+    if cfg.checkpoint and cfg.kind != "tae":  # the tiny AE reads its own weights (base.checkpoint)
         load_base_checkpoint(tokenizer, cfg.checkpoint)
     return tokenizer
 

@@ -181,6 +181,10 @@ class KARL(nn.Module):
             table = F.interpolate(table[None], size=(g, g), mode="nearest")[0]
         return rearrange(table, "d h w -> (h w) d")
 
+    def decoder_head_weight(self) -> Tensor:
+        """The weight of KARL's last decoder layer (where the GAN weight is measured when the base is frozen)."""
+        return self.decoder.ffn[-1].weight
+
     def base_encode(self, images: Tensor) -> BaseGrid:
         self._check_images(images)
         return self.base.encode(images)
