@@ -28,9 +28,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--port", type=int, default=None, help="port (default: 7860 or the next free one)")
     p.add_argument("--share", action="store_true", help="create a public gradio.live link (needs network)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default cpu)")
-    p.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16", "auto"),
-                   help="inference precision (default fp32; auto: bf16 where the hardware has "
-                        "it; docs/OFFICIAL.md)")
+    p.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16", "int8", "auto"),
+                   help="inference precision (default fp32; auto: the fastest plan measured on "
+                        "this machine; docs/OFFICIAL.md)")
     p.add_argument("--no-warmup", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--demo-model", choices=["tiny-monotone"], help=argparse.SUPPRESS)
     return p.parse_args(argv)
@@ -59,9 +59,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"app.py: {err}", file=sys.stderr)
         return 2
     if args.precision != "fp32":
-        from karl.precision import set_precision
+        from karl.precision import describe_precision, set_precision
         set_precision(loaded.model, args.precision)
-        loaded.source += f" ({args.precision})"
+        loaded.source += f" ({describe_precision(loaded.model)})"   # auto: what it chose and why
     if loaded.warning:
         bar = "!" * 78
         print(f"{bar}\n{loaded.warning.replace('**', '').replace('*', '')}\n{bar}", file=sys.stderr)

@@ -48,11 +48,11 @@ class ComplexityError(RuntimeError):
 
 # ----------------------------------------------------------------------------- precision
 
-def resolved_precision(precision: str, device: torch.device) -> str:
-    """``fp32`` / ``bf16`` / ``fp16`` that ``precision`` means on ``device`` (karl.precision:
-    ``auto`` is bf16 where the hardware runs it natively, fp32 elsewhere)."""
+def resolved_precision(precision: str, device: torch.device, model=None) -> str:
+    """The plan label ``precision`` means on ``device`` (karl.precision: ``auto`` is measured
+    on the model, karl/autoprecision.py; without a model it is fp32)."""
     try:
-        return resolve_precision(precision, device)
+        return resolve_precision(precision, device, model)
     except ValueError as err:
         raise ComplexityError(f"--precision: {err}") from None
 
@@ -235,7 +235,7 @@ def _fingerprint(model, checkpoint: str, precision: str, device: torch.device) -
     cfg = json.dumps(to_dict(model.config), sort_keys=True)
     ckpt = str(Path(checkpoint).resolve()) if Path(checkpoint).exists() else checkpoint
     return {"checkpoint": ckpt, "model_config_sha1": hashlib.sha1(cfg.encode()).hexdigest(),
-            "image_size": model.image_size, "precision": resolved_precision(precision, device)}
+            "image_size": model.image_size, "precision": resolved_precision(precision, device, model)}
 
 
 # ----------------------------------------------------------------------------- run
@@ -283,8 +283,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--precision", default="fp32", choices=PRECISIONS,
                    help="fp32 (default), bf16, fp16 (base tokenizer and decoding at that precision, "
-                        "halting decisions guarded in fp32) or auto (bf16 where the CPU or GPU runs "
-                        "it natively)")
+                        "halting decisions guarded in fp32), int8 (the KARL decoder in int8) or auto "
+                        "(the fastest of these measured on this machine, karl/autoprecision.py)")
     p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda if available)")
     p.add_argument("--workers", type=int, default=0, help="image-loading worker processes (default 0)")
     p.add_argument("--split", default="train", help="Hugging Face / imagefolder split (default train)")
@@ -325,7 +325,8 @@ def run(args: argparse.Namespace) -> tuple[int, int, int]:
     if not items:
         raise ComplexityError("no images found in " + " ".join(args.images))
     model, device = _load(args)
-    set_precision(model, resolved_precision(args.precision, device))  # validates before any work
+    resolved_precision(args.precision, device)                         # validates before any work
+    set_precision(model, args.precision)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     if args.overwrite and out.exists():

@@ -1,29 +1,32 @@
-"""Inference precision: ``fp32`` (the reference), ``bf16`` / ``fp16`` autocast, or ``auto``.
+"""Inference precision: ``fp32`` (the reference), ``bf16`` / ``fp16``, ``int8`` or ``auto``.
 
-``set_precision(model, p)`` makes ``encode`` / ``decode`` / ``base_encode`` / ``reconstruct``
-of that model instance run under the chosen precision; outputs come back in float32, and
-halting probabilities are always computed in float32 from the logits.
+``set_precision(model, p)`` sets a :class:`Plan` for the model's inference stages: the base
+encoder (``base_encode``), the KARL decoder (``forward_decoder``) and the base decoder
+(``base.decode_head``). The KARL encoder, which makes the halting decisions, always runs in
+fp32. Outputs come back in float32; halting probabilities are computed in float32.
 
-- ``auto`` picks the fastest setting the hardware runs natively: ``bf16`` on CUDA devices
-  that support it and on CPUs with native bf16 (AVX-512 BF16 or AMX), ``fp32`` elsewhere;
-  its halting decisions are guarded (below). fp16 is never chosen automatically (its range is too small for the VAE decoder's
-  activations to be safe without a check on each model).
-- On CPU the reduced-precision path also turns on oneDNN and the channels-last layout for
-  the base tokenizer's convolutions: bf16 convolutions without oneDNN run orders of
-  magnitude slower, and oneDNN's bf16 kernels want NHWC. ``fp32`` restores the default
-  layout, so fp32 results are bitwise those of a model that never had a precision set.
-- Halting decisions are thresholds on probabilities, so reduced precision can flip a
-  token whose probability lies near the threshold. The reduced-precision ``encode`` is
-  therefore guarded by default: the base tokenizer runs at reduced precision, but the KARL
-  encoder, which makes the halting decisions, runs in fp32 on that base grid (bf16 in the
-  transformer moved a sharp head's decisions far more than bf16 in the base tokenizer), and
-  every image with a token within :data:`HALT_MARGIN` of the threshold is encoded again
-  entirely in fp32 (base tokenizer included, default conv layout) and takes that program.
-  Decoding runs at reduced precision. This is a measured guard, not a proof: an image whose
-  flipped decisions all land outside the margin keeps the guarded program (HALT_MARGIN says
-  what was measured). ``set_precision(model, p, recheck=False)`` runs all of ``encode``
-  under autocast without the re-check (fastest; warns once when decisions may differ).
-  ``model.precision_stats`` counts images, near-threshold tokens and re-checked images.
+- ``fp32``: every stage fp32, the reference. ``bf16`` / ``fp16``: every stage under autocast
+  (the base encoder guarded, below). ``int8``: the KARL decoder's Linear layers in dynamic
+  int8 (karl/int8.py), the rest fp32, so the kept tokens are bitwise fp32's.
+- ``auto``: the fastest plan measured on this machine (karl/autoprecision.py: a short probe
+  of the model's own stages at first use, cached per CPU model, torch version, threads and
+  model). Never chosen by a CPU flag alone: on a Xeon with AVX-512 BF16 but no AMX, bf16
+  was slower than fp32 in every stage. :func:`describe_precision` says what it chose and why.
+- On CPU, bf16 / fp16 stages turn on oneDNN and store their convolution weights channels-last
+  (oneDNN's reduced-precision kernels want NHWC); ``fp32cl`` (auto only) is the base decoder
+  in fp32, channels-last, oneDNN. Stages in fp32 keep the default layout, so an fp32 model is
+  bitwise one that never had a precision set.
+- **Halting decisions.** Decoding makes none, so its precision changes pixels only. A base
+  encoder at reduced precision moves the grid the KARL encoder reads, so its ``encode`` is
+  guarded: the KARL encoder runs in fp32 on that grid, and every image with a token within
+  :data:`HALT_MARGIN` of the threshold is encoded again entirely in fp32 (base tokenizer
+  included, default conv layout) and takes that program. A measured guard, not a proof
+  (HALT_MARGIN says what was measured). Under ``auto`` the guard is also a cost: when the
+  share of re-encoded images makes the bf16 base encoder slower than fp32's
+  (autoprecision.guard_pays), ``encode`` runs in fp32 until the share falls again.
+  ``set_precision(model, p, recheck=False)`` runs all of ``encode`` under autocast without
+  the re-check (fastest; warns once when decisions may differ). ``model.precision_stats``
+  counts images, near-threshold tokens, images with one, and re-checked images.
 """
 
 from __future__ import annotations
@@ -34,16 +37,15 @@ import functools
 import inspect
 import warnings
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-__all__ = ["HALT_MARGIN", "PRECISIONS", "autocast", "cpu_has_fast_bf16", "resolve_precision",
-           "set_precision"]
+__all__ = ["HALT_MARGIN", "PRECISIONS", "NAMED_PLANS", "Plan", "autocast", "cpu_has_fast_bf16",
+           "describe_precision", "precision_choice", "resolve_precision", "set_precision"]
 
-PRECISIONS = ("fp32", "bf16", "fp16", "auto")
+PRECISIONS = ("fp32", "bf16", "fp16", "int8", "auto")
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 # |halting prob - threshold| below which a guarded decision is re-checked entirely in fp32.
 # Measured with benchmarks/inference_speed.py (docs/OFFICIAL.md section 8) on a BCE-fitted
@@ -51,67 +53,122 @@ _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 # flipped lay within 0.005 of the threshold; with everything in bf16 they lay up to 0.063
 # from it (15 of 2048 decisions), which is why the guarded path keeps the KARL encoder in fp32.
 HALT_MARGIN = 0.02
-_WRAPPED = ("encode", "decode", "base_encode", "reconstruct")
+_OPTIONS = {"base_encode": ("fp32", "bf16", "fp16"), "karl_decode": ("fp32", "bf16", "fp16", "int8"),
+            "base_decode": ("fp32", "fp32cl", "bf16", "fp16")}
+_SHORT = {"base_encode": "benc", "karl_decode": "kdec", "base_decode": "bdec"}
 
 
-@functools.lru_cache(maxsize=1)
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """The precision of each inference stage (module doc); the KARL encoder is always fp32."""
+    base_encode: str = "fp32"
+    karl_decode: str = "fp32"
+    base_decode: str = "fp32"
+
+    def __post_init__(self) -> None:
+        for stage, options in _OPTIONS.items():
+            if getattr(self, stage) not in options:
+                raise ValueError(f"{stage}={getattr(self, stage)!r} is not one of {', '.join(options)}")
+
+    @property
+    def label(self) -> str:
+        """``fp32`` / ``bf16`` / ``fp16`` / ``int8`` for the named plans, else e.g.
+        ``benc:fp32,kdec:int8,bdec:fp32cl`` (no spaces: it goes into key=value lines)."""
+        for name, plan in NAMED_PLANS.items():
+            if plan == self:
+                return name
+        return ",".join(f"{_SHORT[s]}:{getattr(self, s)}" for s in _OPTIONS)
+
+
+NAMED_PLANS = {"fp32": Plan(), "bf16": Plan("bf16", "bf16", "bf16"), "fp16": Plan("fp16", "fp16", "fp16"),
+               "int8": Plan("fp32", "int8", "fp32")}
+
+
 def cpu_has_fast_bf16() -> bool:
     """True when the CPU has native bf16 arithmetic (AVX-512 BF16 or AMX), read from
-    ``/proc/cpuinfo`` (Linux); False when that cannot be read."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    flags = set()
-    for line in text.splitlines():
-        if line.startswith("flags"):
-            flags.update(line.split(":", 1)[1].split())
-    return bool(flags & {"avx512_bf16", "amx_bf16"})
+    ``/proc/cpuinfo`` (Linux); False when that cannot be read. Native is not fast: ``auto``
+    times it (karl/autoprecision.py); this flag only says whether it is worth timing."""
+    from karl.autoprecision import cpu_flags
+    return bool(cpu_flags() & {"avx512_bf16", "amx_bf16"})
 
 
-def resolve_precision(precision: str, device: torch.device | str) -> str:
-    """``fp32`` / ``bf16`` / ``fp16`` for ``device``; ``auto`` resolved (see module doc).
-
-    Raises:
-        ValueError: an unknown name, or a dtype the device cannot run.
-    """
+def _check_device(precision: str, device: torch.device) -> None:
     if precision not in PRECISIONS:
         raise ValueError(f"precision {precision!r} is not one of {', '.join(PRECISIONS)}")
-    device = torch.device(device)
-    if precision == "auto":
-        if device.type == "cuda":
-            return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
-        return "bf16" if device.type == "cpu" and cpu_has_fast_bf16() else "fp32"
-    if device.type not in ("cpu", "cuda") and precision != "fp32":
+    if precision == "int8" and device.type != "cpu":
+        raise ValueError(f"precision 'int8' is supported on cpu, not {device.type}")
+    if device.type not in ("cpu", "cuda") and precision not in ("fp32", "auto"):
         raise ValueError(f"precision {precision!r} is supported on cpu and cuda, not {device.type}")
-    return precision
+
+
+def resolve_precision(precision: str, device: torch.device | str, model: nn.Module | None = None) -> str:
+    """The label of what ``precision`` means on ``device`` (:attr:`Plan.label`).
+
+    ``auto`` needs the model on CPU (it is measured; see karl/autoprecision.py); without one it
+    is ``KARL_PRECISION_AUTO`` if set, else ``fp32``. On CUDA it is bf16 where supported.
+
+    Raises:
+        ValueError: an unknown name, or a precision the device cannot run.
+    """
+    device = torch.device(device)
+    _check_device(precision, device)
+    if precision != "auto":
+        return precision
+    if model is not None:
+        return precision_choice(model).plan.label
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    import os
+
+    from karl.autoprecision import ENV
+    forced = os.environ.get(ENV, "").strip().lower()
+    return forced if forced in NAMED_PLANS and device.type == "cpu" else "fp32"
 
 
 @contextlib.contextmanager
 def autocast(device: torch.device | str, precision: str) -> Iterator[None]:
-    """Autocast to ``precision`` on ``device`` (nothing for fp32); on CPU with oneDNN on."""
+    """Autocast to ``precision`` (bf16 / fp16) on ``device``, on CPU with oneDNN on; nothing
+    for any other precision (fp32, int8, auto without a model)."""
     device = torch.device(device)
     resolved = resolve_precision(precision, device)
-    if resolved == "fp32":
+    if resolved not in _DTYPES:
         yield
         return
     with contextlib.ExitStack() as stack:
         if device.type == "cpu" and torch.backends.mkldnn.is_available():
-            stack.enter_context(_onednn_on())
+            stack.enter_context(onednn_on())
         stack.enter_context(torch.autocast(device.type, dtype=_DTYPES[resolved]))
         yield
 
 
 @contextlib.contextmanager
-def _onednn_on() -> Iterator[None]:
+def onednn_on() -> Iterator[None]:
     """Only the ``enabled`` flag (``mkldnn.flags()`` would also reset tf32 / precision ones);
     karl.runtime may have turned oneDNN off for fp32, where it can be the slower choice."""
     before = torch.backends.mkldnn.enabled
-    torch.backends.mkldnn.enabled = True
+    torch.backends.mkldnn.enabled = torch.backends.mkldnn.is_available()
     try:
         yield
     finally:
         torch.backends.mkldnn.enabled = before
+
+
+def set_conv_layout(model: nn.Module, encoder_cl: bool, decoder_cl: bool) -> None:
+    """Channels-last (or the default layout) for the base tokenizer's conv weights: the
+    encoder side (every base conv outside ``base.decoder``) and ``base.decoder``. Only the
+    side that changes is moved (moving weights costs about 0.05 s per side on ``small``)."""
+    have = getattr(model, "_conv_layout", (False, False))
+    want = (bool(encoder_cl), bool(decoder_cl))
+    if have == want:
+        return
+    decoder = getattr(model.base, "decoder", None)
+    dec_ids = {id(m) for m in decoder.modules()} if isinstance(decoder, nn.Module) else set()
+    for m in model.base.modules():
+        if isinstance(m, nn.Conv2d):
+            side = int(id(m) in dec_ids)
+            if have[side] != want[side]:
+                m.to(memory_format=torch.channels_last if want[side] else torch.contiguous_format)
+    model._conv_layout = want
 
 
 def _to_float(x: Any) -> Any:
@@ -124,22 +181,87 @@ def _to_float(x: Any) -> Any:
     return x
 
 
+# ----------------------------------------------------------------------------- the plan in force
+
+def _apply(model: nn.Module, plan: Plan) -> None:
+    """The plan's side effects: conv layouts on CPU, int8 KARL decoder layers or not."""
+    from karl import int8
+    cpu = model.device.type == "cpu"
+    set_conv_layout(model, cpu and plan.base_encode in _DTYPES,
+                    cpu and plan.base_decode in (*_DTYPES, "fp32cl"))
+    if plan.karl_decode == "int8":
+        int8.install(model.decoder)
+    else:
+        int8.remove(model.decoder)
+
+
+def precision_choice(model: nn.Module):
+    """The :class:`karl.autoprecision.Decision` in force for ``model`` on its current device
+    (``auto`` is decided, by env, cache or probe, on the first call and after a move)."""
+    from karl.autoprecision import Decision, decide
+    device = model.device
+    cached = getattr(model, "_precision_choice", None)
+    if cached is not None and cached[0] == device:
+        return cached[1]
+    name = getattr(model, "precision", "fp32")
+    _check_device(name, device)
+    if name == "auto":
+        _apply(model, Plan())                 # the probe starts from the fp32 state
+        decision = decide(model)
+    else:
+        decision = Decision(NAMED_PLANS[name], "asked for", f"precision={name!r}")
+    _apply(model, decision.plan)
+    model._precision_choice = (device, decision)
+    return decision
+
+
+def _base_encode_option(model: nn.Module, decision) -> str:
+    """The base encoder's precision now: the plan's, except under ``auto`` while the guard's
+    re-encodes cost more than the reduced base encoder saves (module doc)."""
+    option = decision.plan.base_encode
+    if option == "fp32" or model.precision != "auto" or not decision.timings:
+        return option
+    from karl.autoprecision import guard_pays
+    stats = model.precision_stats
+    pays = guard_pays(decision.timings, option, stats["images"], stats["near_images"])
+    stats["base_encode"] = option if pays else "fp32"
+    set_conv_layout(model, pays and model.device.type == "cpu", model._conv_layout[1])
+    return stats["base_encode"]
+
+
+def describe_precision(model: nn.Module, detail: bool = False) -> str:
+    """One line: the precision asked for, what it means here and (``auto``) why."""
+    name = getattr(model, "precision", "fp32")
+    if name == "fp32":
+        return "precision fp32"
+    d = precision_choice(model)
+    if name != "auto":
+        return f"precision {name}"
+    text = f"precision auto -> {d.plan.label} ({d.reason if detail else d.short()})"
+    if model.precision_stats.get("base_encode") == "fp32" and d.plan.base_encode != "fp32":
+        s = model.precision_stats
+        text += (f"; base encoder back to fp32: {s['near_images']} of {s['images']} images had a "
+                 f"decision within {HALT_MARGIN} of the threshold, re-encoding them costs more than "
+                 f"{d.plan.base_encode} saves")
+    return text
+
+
+# ----------------------------------------------------------------------------- guarded encode
+
 def _near_threshold(model: nn.Module, probs: Tensor) -> Tensor:
     """[B, K] bool: decisions reduced precision may have flipped."""
     return (probs - model.config.halt_threshold).abs() < HALT_MARGIN
 
 
-def _set_conv_layout(model: nn.Module, fmt: torch.memory_format, encode_only: bool = False) -> None:
-    """The base tokenizer's conv weights to ``fmt``; ``encode_only`` leaves ``base.decoder``
-    alone (the re-check encodes only, and moving the decoder's weights twice per call cost
-    about 0.1 s on ``small``)."""
-    skip = set()
-    decoder = getattr(model.base, "decoder", None)
-    if encode_only and isinstance(decoder, nn.Module):
-        skip = {id(m) for m in decoder.modules()}
-    for m in model.base.modules():
-        if isinstance(m, nn.Conv2d) and id(m) not in skip:
-            m.to(memory_format=fmt)
+def _count(model: nn.Module, probs: Tensor) -> Tensor:
+    """Updates ``precision_stats``; returns the [B] images with a decision near the threshold."""
+    near = _near_threshold(model, probs)
+    at_risk = near.any(-1)
+    stats = model.precision_stats
+    stats["images"] += probs.shape[0]
+    stats["near_threshold_tokens"] += int(near.sum())
+    stats["near_images"] += int(at_risk.sum())
+    return at_risk
 
 
 def _fp32_encode(model: nn.Module, method: Callable[..., Any], args: dict, rows: Tensor) -> Any:
@@ -151,15 +273,13 @@ def _fp32_encode(model: nn.Module, method: Callable[..., Any], args: dict, rows:
     eps = args.get("epsilon")
     if isinstance(eps, torch.Tensor) and eps.ndim == 1:
         args["epsilon"] = eps[rows.to(eps.device)]
-    cpu_layout = model.device.type == "cpu"
-    if cpu_layout:
-        _set_conv_layout(model, torch.contiguous_format, encode_only=True)
+    layout = getattr(model, "_conv_layout", (False, False))
+    set_conv_layout(model, False, layout[1])
     try:
         with torch.autocast(model.device.type, enabled=False):
             return method(**args)
     finally:
-        if cpu_layout:
-            _set_conv_layout(model, torch.channels_last, encode_only=True)
+        set_conv_layout(model, *layout)
 
 
 def _merge(enc: Any, rows: Tensor, exact: Any) -> Any:
@@ -174,25 +294,27 @@ def _merge(enc: Any, rows: Tensor, exact: Any) -> Any:
                                        for f in dataclasses.fields(enc) if f.init})
 
 
-def _reduced_encode(model: nn.Module, method: Callable[..., Any], call: inspect.BoundArguments) -> Any:
-    """``encode`` at reduced precision, guarded (module doc): the base tokenizer under autocast,
-    the KARL encoder, which makes the halting decisions, in fp32, and the images still near the
-    threshold encoded again entirely in fp32. Without the guard, all of it under autocast."""
+def _encode(model: nn.Module, method: Callable[..., Any], call: inspect.BoundArguments) -> Any:
+    """``encode`` under the plan (module doc): fp32 as is; a reduced base encoder guarded (the
+    KARL encoder in fp32 on its grid, images near the threshold encoded again in fp32), or
+    without the guard all of ``encode`` under autocast."""
+    option = _base_encode_option(model, precision_choice(model))
     args = dict(call.arguments)
+    if option == "fp32":
+        enc = method(**args)
+        _count(model, enc.halting_probs)
+        return enc
     if model.precision_recheck:
         if args.get("base_grid") is None:
-            with autocast(model.device, model.precision):
+            with autocast(model.device, option):
                 args["base_grid"] = _to_float(model.base_encode(args["images"].to(model.device)))
         with torch.autocast(model.device.type, enabled=False):
             enc = method(**args)
     else:
-        with autocast(model.device, model.precision):
+        with autocast(model.device, option):
             enc = _to_float(method(**args))
-    near = _near_threshold(model, enc.halting_probs)
-    at_risk = near.any(-1)
+    at_risk = _count(model, enc.halting_probs)
     stats = model.precision_stats
-    stats["images"] += enc.halting_probs.shape[0]
-    stats["near_threshold_tokens"] += int(near.sum())
     if not bool(at_risk.any()):
         return enc
     if model.precision_recheck:
@@ -202,53 +324,85 @@ def _reduced_encode(model: nn.Module, method: Callable[..., Any], call: inspect.
     if not stats["warned"]:
         stats["warned"] = True
         warnings.warn(
-            f"{int(near.sum())} halting decision(s) within {HALT_MARGIN} of the threshold under "
-            f"{model.precision} with the fp32 re-check off: the kept tokens may differ from "
-            f"fp32 there (set_precision(model, ..., recheck=True) re-checks them; "
-            f"model.precision_stats counts them)", stacklevel=4)
+            f"{int(_near_threshold(model, enc.halting_probs).sum())} halting decision(s) within "
+            f"{HALT_MARGIN} of the threshold under {option} with the fp32 re-check off: the kept "
+            f"tokens may differ from fp32 there (set_precision(model, ..., recheck=True) "
+            f"re-checks them; model.precision_stats counts them)", stacklevel=4)
     return enc
 
 
-def _wrap(model: nn.Module, name: str) -> Callable[..., Any]:
-    method = getattr(type(model), name).__get__(model)
+# ----------------------------------------------------------------------------- wrappers
+
+def _wrap_encode(model: nn.Module) -> Callable[..., Any]:
+    method = type(model).encode.__get__(model)
     signature = inspect.signature(method)
 
     @functools.wraps(method)
-    def run(*args: Any, **kwargs: Any) -> Any:
-        if resolve_precision(model.precision, model.device) == "fp32" or model._precision_active:
-            return method(*args, **kwargs)   # fp32 (e.g. auto after a move), or nested in a wrapped call
+    def encode(*args: Any, **kwargs: Any) -> Any:
+        if model._precision_active:           # nested in a wrapped call (the fp32 re-check)
+            return method(*args, **kwargs)
         model._precision_active = True
         try:
-            if name == "encode":
-                return _reduced_encode(model, method, signature.bind(*args, **kwargs))
-            with autocast(model.device, model.precision):
-                out = _to_float(method(*args, **kwargs))
+            return _encode(model, method, signature.bind(*args, **kwargs))
         finally:
             model._precision_active = False
-        return out
+
+    return encode
+
+
+def _wrap_stage(model: nn.Module, owner: nn.Module, name: str, stage: str) -> Callable[..., Any]:
+    """``owner.name`` run at the plan's precision for ``stage`` (int8 and layouts are already
+    in the modules: karl.precision._apply)."""
+    method = getattr(type(owner), name).__get__(owner)
+
+    @functools.wraps(method)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        if model._precision_active:
+            return method(*args, **kwargs)
+        decision = precision_choice(model)
+        option = (_base_encode_option(model, decision) if stage == "base_encode"
+                  else getattr(decision.plan, stage))
+        if option in ("fp32", "int8"):
+            return method(*args, **kwargs)
+        model._precision_active = True
+        try:
+            if option == "fp32cl":
+                with onednn_on():
+                    return method(*args, **kwargs)
+            with autocast(model.device, option):
+                return _to_float(method(*args, **kwargs))
+        finally:
+            model._precision_active = False
 
     return run
 
 
 def set_precision(model: nn.Module, precision: str = "fp32", recheck: bool = True) -> nn.Module:
-    """Run ``model``'s inference methods at ``precision``; returns the model.
+    """Run ``model``'s inference at ``precision`` (module doc); returns the model.
 
-    ``auto`` is resolved on each call against the model's current device, so moving the
-    model later keeps the right choice. ``recheck`` re-encodes in fp32 the images with a
-    halting decision near the threshold (module doc). ``model.precision`` holds the name
-    asked for; ``model.precision_stats`` the near-threshold and re-check counts.
+    ``auto`` is decided against the model's current device at the first call, and again
+    after a move. ``recheck`` re-encodes in fp32 the images with a halting decision near the
+    threshold (module doc). ``model.precision`` holds the name asked for,
+    :func:`precision_choice` what it means, ``model.precision_stats`` the guard's counts.
+    Call again after changing the weights (int8 keeps packed copies).
     """
-    reduced = resolve_precision(precision, model.device) != "fp32"   # also validates
+    _check_device(precision, model.device)
     model.precision = precision
     model.precision_recheck = bool(recheck)
     model._precision_active = False
-    model.precision_stats = {"images": 0, "near_threshold_tokens": 0, "rechecked_images": 0,
-                             "warned": False}
-    for name in _WRAPPED:
+    model._precision_choice = None
+    model.precision_stats = {"images": 0, "near_threshold_tokens": 0, "near_images": 0,
+                             "rechecked_images": 0, "warned": False}
+    for name in ("encode", "base_encode", "forward_decoder", "decode", "reconstruct"):
         model.__dict__.pop(name, None)
-        if precision != "fp32":
-            setattr(model, name, _wrap(model, name))
-    # The layout follows the device the model is on now: call again after moving it.
-    fast_layout = reduced and model.device.type == "cpu"
-    _set_conv_layout(model, torch.channels_last if fast_layout else torch.contiguous_format)
+    model.base.__dict__.pop("decode_head", None)
+    if precision == "fp32":
+        _apply(model, Plan())
+        return model
+    model.encode = _wrap_encode(model)
+    model.base_encode = _wrap_stage(model, model, "base_encode", "base_encode")
+    model.forward_decoder = _wrap_stage(model, model, "forward_decoder", "karl_decode")
+    model.base.decode_head = _wrap_stage(model, model.base, "decode_head", "base_decode")
+    if precision != "auto":
+        precision_choice(model)               # named plans take effect now
     return model

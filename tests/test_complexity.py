@@ -151,11 +151,11 @@ def test_exit_codes(release, tmp_path, capsys):
     assert run([bad], tmp_path / "no_model", tmp_path / "o.csv") == 2
 
 
-def test_precision_choice():
-    """karl.precision's names: auto is bf16 where the CPU runs it natively; bad names fail."""
-    from karl.precision import cpu_has_fast_bf16
+def test_precision_choice(monkeypatch):
+    """karl.precision's names: auto is measured on the model (fp32 without one); bad names fail."""
+    monkeypatch.delenv("KARL_PRECISION_AUTO", raising=False)
     cpu = torch.device("cpu")
     assert resolved_precision("fp32", cpu) == "fp32" and resolved_precision("bf16", cpu) == "bf16"
-    assert resolved_precision("auto", cpu) == ("bf16" if cpu_has_fast_bf16() else "fp32")
+    assert resolved_precision("auto", cpu) == "fp32"
     with pytest.raises(RuntimeError, match="--precision"):
-        resolved_precision("int8", cpu)
+        resolved_precision("int4", cpu)

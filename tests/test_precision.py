@@ -1,4 +1,5 @@
-"""Inference precision (karl/precision.py): selection, autocast, wrapped model methods."""
+"""Inference precision (karl/precision.py, karl/autoprecision.py, karl/int8.py): selection,
+the measured ``auto`` (decision logic on injected timings, the cache), autocast, wrapped methods."""
 
 from __future__ import annotations
 
@@ -7,22 +8,140 @@ import warnings
 import pytest
 import torch
 
-from karl import build_model, load_pretrained, save_pretrained
+from karl import autoprecision, build_model, int8, load_pretrained, save_pretrained
+from karl.autoprecision import Decision, choose_plan, guard_pays
 from karl.precision import (
-    autocast, cpu_has_fast_bf16, resolve_precision, set_precision,
+    NAMED_PLANS, Plan, autocast, describe_precision, precision_choice, resolve_precision, set_precision,
 )
 
 torch.set_num_threads(1)
 
+# Seconds per image per stage, as the probe reports them: a Xeon without AMX (bf16 slower
+# everywhere; issue 23's stage times) and one with AMX (docs/OFFICIAL.md section 8).
+NO_AMX = {"base_encode": {"fp32": 0.75, "bf16": 0.85}, "karl_encode": {"fp32": 0.46},
+          "karl_decode": {"fp32": 0.44, "bf16": 0.71, "int8": 0.2},
+          "base_decode": {"fp32": 1.01, "fp32cl": 0.98, "bf16": 1.32}}
+AMX = {"base_encode": {"fp32": 0.66, "bf16": 0.18}, "karl_encode": {"fp32": 0.51},
+       "karl_decode": {"fp32": 0.53, "bf16": 0.22, "int8": 0.21},
+       "base_decode": {"fp32": 1.0, "fp32cl": 0.95, "bf16": 0.24}}
 
-def test_resolve_precision():
+
+@pytest.fixture(autouse=True)
+def _own_cache(tmp_path, monkeypatch):
+    """auto's cache in a fresh folder, and no override from the environment."""
+    monkeypatch.setenv("KARL_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv(autoprecision.ENV, raising=False)
+
+
+def test_resolve_precision(monkeypatch):
     assert resolve_precision("fp32", "cpu") == "fp32"
-    assert resolve_precision("bf16", "cpu") == "bf16"
-    assert resolve_precision("auto", "cpu") == ("bf16" if cpu_has_fast_bf16() else "fp32")
-    with pytest.raises(ValueError, match="not one of fp32, bf16, fp16, auto"):
-        resolve_precision("int8", "cpu")
+    assert resolve_precision("bf16", "cpu") == "bf16" and resolve_precision("int8", "cpu") == "int8"
+    assert resolve_precision("auto", "cpu") == "fp32"            # nothing to measure without a model
+    monkeypatch.setenv(autoprecision.ENV, "int8")
+    assert resolve_precision("auto", "cpu") == "int8"
+    with pytest.raises(ValueError, match="not one of fp32, bf16, fp16, int8, auto"):
+        resolve_precision("int4", "cpu")
     with pytest.raises(ValueError, match="not meta"):
         resolve_precision("bf16", "meta")
+    with pytest.raises(ValueError, match="'int8' is supported on cpu, not cuda"):
+        resolve_precision("int8", "cuda")
+
+
+def test_choose_plan_by_measurement_not_by_flag():
+    plan, reason = choose_plan(NO_AMX)
+    assert plan == Plan("fp32", "int8", "fp32") and plan.label == "int8"
+    assert "KARL decoder fp32 0.44 / bf16 0.71 / int8 0.2 s -> int8" in reason
+    assert choose_plan(AMX)[0] == Plan("bf16", "bf16", "bf16")   # int8 0.21 is not 10% below bf16's 0.22
+    tie = {"karl_decode": {"fp32": 0.44, "bf16": 0.41}, "base_decode": {"fp32": 1.0, "fp32cl": 0.85}}
+    assert choose_plan(tie)[0] == Plan("fp32", "fp32", "fp32cl")
+    assert choose_plan({})[0] == Plan()
+    assert Plan("fp32", "int8", "fp32cl").label == "benc:fp32,kdec:int8,bdec:fp32cl"
+    assert {p.label for p in NAMED_PLANS.values()} == {"fp32", "bf16", "fp16", "int8"}
+    with pytest.raises(ValueError, match="karl_decode='int4'"):
+        Plan(karl_decode="int4")
+
+
+def test_guard_pays_break_even():
+    """bf16 base saves 0.48 s and a re-encode costs 1.17 s: break-even at 41% of images."""
+    assert guard_pays(AMX, "bf16", images=2, near_images=2)        # too few images to judge
+    assert guard_pays(AMX, "bf16", images=10, near_images=4)
+    assert not guard_pays(AMX, "bf16", images=10, near_images=5)
+    assert not guard_pays(NO_AMX, "bf16", images=10, near_images=0)
+
+
+def test_decide_caches_per_machine_and_model(tiny_model, monkeypatch):
+    calls = []
+    monkeypatch.setattr(autoprecision, "probe", lambda m: calls.append(1) or NO_AMX)
+    first = autoprecision.decide(tiny_model)
+    assert first.source == "probe" and first.plan.label == "int8" and len(calls) == 1
+    assert autoprecision.cache_path().is_file()
+    again = autoprecision.decide(tiny_model)
+    assert again.source == "cache" and again.plan == first.plan and again.timings == NO_AMX
+    assert len(calls) == 1 and "measured earlier" in again.short()
+    key = autoprecision.cache_key(tiny_model)
+    assert "torch " + torch.__version__ in key
+    assert autoprecision.model_signature(tiny_model) in key
+    monkeypatch.setenv(autoprecision.ENV, "probe")                 # measure again
+    assert autoprecision.decide(tiny_model).source == "probe" and len(calls) == 2
+    monkeypatch.setenv(autoprecision.ENV, "bf16")                  # no probe at all
+    forced = autoprecision.decide(tiny_model)
+    assert forced.source == "env" and forced.plan.label == "bf16" and len(calls) == 2
+    autoprecision.cache_path().write_text("not json")              # a damaged cache: probe again
+    monkeypatch.delenv(autoprecision.ENV)
+    assert autoprecision.decide(tiny_model).source == "probe"
+
+
+def test_auto_probes_once_and_keeps_fp32_programs(tiny_model, tiny_images):
+    """A real (untimed-by-the-test) probe: any valid plan; the kept tokens equal fp32's."""
+    ref = tiny_model.encode(tiny_images, epsilon=0.05)
+    set_precision(tiny_model, "auto")
+    enc = tiny_model.encode(tiny_images, epsilon=0.05)
+    decision = precision_choice(tiny_model)
+    assert isinstance(decision, Decision) and decision.source == "probe"
+    assert set(decision.timings) >= {"base_encode", "karl_encode", "karl_decode", "base_decode"}
+    assert torch.equal(enc.keep, ref.keep)
+    assert tiny_model.decode(enc).dtype == torch.float32
+    text = describe_precision(tiny_model)
+    assert text.startswith(f"precision auto -> {decision.plan.label} (measured now")
+    model2 = build_model("tiny", seed=1).eval()
+    set_precision(model2, "auto")
+    assert precision_choice(model2).source == "cache"             # same machine, same model kind
+
+
+def test_int8_keeps_fp32_programs_bitwise(tiny_model, tiny_images):
+    if not int8.available():
+        pytest.skip("no dynamic int8 kernels in this PyTorch build")
+    ref = tiny_model.encode(tiny_images, epsilon=0.05)
+    img32 = tiny_model.decode(ref)
+    state = {k: v.clone() for k, v in tiny_model.state_dict().items()}
+    set_precision(tiny_model, "int8")
+    assert int8.installed(tiny_model.decoder) and not int8.installed(tiny_model.encoder)
+    enc = tiny_model.encode(tiny_images, epsilon=0.05)
+    for name in ("latents", "halting_probs", "keep"):
+        assert torch.equal(getattr(enc, name), getattr(ref, name)), name
+    img8 = tiny_model.decode(enc)
+    assert 0 < (img8 - img32).abs().max() < 0.2 and (img8 - img32).abs().mean() < 0.02
+    assert all(torch.equal(v, state[k]) for k, v in tiny_model.state_dict().items())
+    set_precision(tiny_model, "fp32")
+    assert not int8.installed(tiny_model.decoder)
+    assert torch.equal(tiny_model.decode(enc), img32)
+
+
+def test_auto_turns_the_guard_off_when_re_encodes_cost_more(tiny_model, tiny_images, monkeypatch):
+    """Every image near the threshold: after MIN_IMAGES images the base encoder runs in fp32
+    (no more re-encodes), and the description says so."""
+    _pin_halting_at_threshold(tiny_model)
+    monkeypatch.setattr(autoprecision, "probe", lambda m: AMX)
+    set_precision(tiny_model, "auto")
+    assert precision_choice(tiny_model).plan.base_encode == "bf16"
+    for _ in range(3):
+        tiny_model.encode(tiny_images, epsilon=0.05)
+    stats = tiny_model.precision_stats
+    assert stats["images"] == 9 and stats["near_images"] == 9
+    assert stats["rechecked_images"] == 6 and stats["base_encode"] == "fp32"   # 2 calls before judging
+    conv = next(m for m in tiny_model.base.encoder.modules() if isinstance(m, torch.nn.Conv2d))
+    assert conv.weight.is_contiguous()
+    assert "base encoder back to fp32: 9 of 9 images" in describe_precision(tiny_model)
 
 
 def test_autocast_context_and_onednn_flag_restored():

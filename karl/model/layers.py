@@ -26,9 +26,13 @@ class Attention(nn.Module):
         nn.init.xavier_uniform_(self.in_proj_weight)
         nn.init.zeros_(self.out_proj.bias)
 
+    def in_proj(self, x: Tensor) -> Tensor:
+        """The packed q, k, v projection (karl.int8 replaces it per instance)."""
+        return F.linear(x, self.in_proj_weight, self.in_proj_bias)
+
     def forward(self, x: Tensor, key_mask: Tensor | None = None) -> Tensor:
         """x: [B, L, d]; key_mask: [B, L] bool, True where a token may be attended to."""
-        qkv = F.linear(x, self.in_proj_weight, self.in_proj_bias)
+        qkv = self.in_proj(x)
         q, k, v = rearrange(qkv, "b l (three h e) -> three b h l e", three=3, h=self.heads)
         mask = None if key_mask is None else key_mask[:, None, None, :]  # [B, 1, 1, L]
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)

@@ -1,0 +1,313 @@
+"""``precision="auto"``: the fastest plan that keeps fp32's programs, chosen by measurement.
+
+A CPU flag does not tell whether bf16 pays: on a Xeon with ``avx512_bf16`` but no AMX every
+stage of ``small`` ran slower in bf16 than in fp32 (docs/OFFICIAL.md section 8). So ``auto``
+on CPU times the model's own stages once, per option, and keeps for each stage the fastest
+option that takes under :data:`MARGIN` of the time of every more exact option (fp32,
+fp32cl, bf16, int8 in that order: a noisy probe must not pick a slower or a less exact path
+for a tie):
+
+- ``base_encode``: ``fp32`` or ``bf16`` (guarded: karl/precision.py re-encodes in fp32 the
+  images with a halting decision near the threshold; :func:`guard_pays` turns the bf16 base
+  encoder off at run time when those re-encodes cost more than bf16 saves).
+- ``karl_decode``: ``fp32``, ``bf16`` or ``int8`` (karl/int8.py); ``base_decode``: ``fp32``,
+  ``fp32cl`` (channels-last, oneDNN) or ``bf16``. Decoding makes no halting decision, so
+  these options change pixels only, never the kept tokens.
+- the KARL encoder, which makes the halting decisions, always runs in fp32.
+
+**The probe** (:func:`probe`; a few seconds on ``small`` on an idle 2-core CPU, once per
+machine kind and model): the base encoder and decoder of the model itself at half its
+resolution (a quarter of the work; the same layers and channel widths: not smaller, as
+per-call costs that do not shrink with the image, such as the bf16 casts of the conv
+weights, would weigh more than at full size), one block of the KARL encoder and of the
+KARL decoder at the model's real sequence lengths. All cases run once to warm up, then
+:data:`REPS` interleaved rounds; the best time of each counts, scaled to a whole-stage
+estimate (x4, x layers) for the reason text and the guard's break-even. bf16 is probed
+only where the CPU has native bf16 (``avx512_bf16`` / AMX: elsewhere it is emulated), int8
+where PyTorch has the kernels.
+
+**The cache**: ``cache_dir("precision")/auto.json``, keyed by CPU model name, the CPU flags
+that matter, torch version, thread count and a model signature (base kind, image size,
+widths, layers), so the probe runs once per machine kind and model. ``KARL_PRECISION_AUTO``
+= ``fp32`` / ``bf16`` / ``fp16`` / ``int8`` makes ``auto`` mean that without probing;
+``probe`` measures again and rewrites the cache entry. On CUDA ``auto`` is bf16 where the
+GPU supports it (not probed).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import dataclasses
+import functools
+import json
+import os
+import platform
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+from torch import nn
+
+__all__ = ["Decision", "MARGIN", "choose_plan", "guard_pays", "decide", "probe", "cache_key",
+           "cache_path", "cpu_flags", "cpu_model_name"]
+
+PROBE_VERSION = 2
+MARGIN = 0.9          # an option replaces a more exact one only below 0.9x its time
+_EXACTNESS = ("fp32", "fp32cl", "bf16", "fp16", "int8")   # closest to fp32's pixels first
+REPS = 2              # timed runs per option after one warm-up; the best counts
+MIN_IMAGES = 4        # the guard's break-even is judged after this many images
+ENV = "KARL_PRECISION_AUTO"
+_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "avx_vnni", "amx_bf16", "amx_int8", "amx_tile")
+STAGE_NAMES = {"base_encode": "base encoder", "karl_encode": "KARL encoder",
+               "karl_decode": "KARL decoder", "base_decode": "base decoder"}
+
+
+@dataclasses.dataclass
+class Decision:
+    """What ``auto`` means for one model on one device, and why."""
+    plan: object                       # karl.precision.Plan
+    source: str                        # probe | cache | env | cuda | no model
+    reason: str
+    timings: dict[str, dict[str, float]] = dataclasses.field(default_factory=dict)
+
+    def summary(self) -> str:
+        return f"auto -> {self.plan.label} ({self.source}): {self.reason}"
+
+    def short(self) -> str:
+        """The reason in a few words: which stages beat fp32 here, by how much."""
+        if not self.timings:
+            return self.reason
+        gains = [f"{STAGE_NAMES[s]} {getattr(self.plan, s)} {o['fp32'] / o[getattr(self.plan, s)]:.1f}x"
+                 for s, o in self.timings.items()
+                 if s in STAGE_NAMES and getattr(self.plan, s, "fp32") != "fp32"]
+        where = "measured now" if self.source == "probe" else "measured earlier on this CPU kind"
+        if not gains:
+            return f"{where}: no option took under {MARGIN:.0%} of fp32's time in any stage"
+        return f"{where}: " + ", ".join(gains) + " faster than fp32"
+
+
+# ----------------------------------------------------------------------------- machine
+
+@functools.lru_cache(maxsize=1)
+def _cpuinfo() -> tuple[str, frozenset]:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.processor() or platform.machine(), frozenset()
+    name, flags = "", set()
+    for line in text.splitlines():
+        if line.startswith("model name") and not name:
+            name = line.split(":", 1)[1].strip()
+        elif line.startswith("flags"):
+            flags.update(line.split(":", 1)[1].split())
+    return name or platform.machine(), frozenset(flags)
+
+
+def cpu_model_name() -> str:
+    return _cpuinfo()[0]
+
+
+def cpu_flags() -> frozenset:
+    """The CPU's flags from ``/proc/cpuinfo`` (empty where it cannot be read)."""
+    return _cpuinfo()[1]
+
+
+def model_signature(model: nn.Module) -> str:
+    c = model.config
+    return (f"{c.base.kind}:{c.image_size}px:ch{c.base.channels}:w{c.width}:"
+            f"L{c.encoder_layers}/{c.decoder_layers}:T{c.max_tokens}")
+
+
+def cache_key(model: nn.Module) -> str:
+    flags = ",".join(f for f in _FLAGS if f in cpu_flags()) or "-"
+    return (f"v{PROBE_VERSION}|{cpu_model_name()}|{flags}|torch {torch.__version__}|"
+            f"{torch.get_num_threads()} threads|{model_signature(model)}")
+
+
+def cache_path() -> Path:
+    from karl.paths import cache_dir
+    return cache_dir("precision") / "auto.json"
+
+
+def _read_cache() -> dict:
+    try:
+        data = json.loads(cache_path().read_text())
+        return data if isinstance(data, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def load_cached(key: str) -> Decision | None:
+    from karl.precision import Plan
+    entry = _read_cache().get(key)
+    try:
+        return Decision(Plan(**entry["plan"]), "cache", f"{entry['reason']} [measured {entry['when']}]",
+                        entry.get("timings", {}))
+    except (TypeError, KeyError, ValueError):
+        return None
+
+
+def save_cached(key: str, decision: Decision) -> None:
+    """Best effort: a read-only cache directory only means probing again next time."""
+    data = _read_cache()
+    data[key] = {"plan": dataclasses.asdict(decision.plan), "reason": decision.reason,
+                 "timings": decision.timings,
+                 "when": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
+    path = cache_path()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(data, indent=1))
+        tmp.replace(path)
+    except OSError:
+        pass
+
+
+# ----------------------------------------------------------------------------- decision
+
+def _fmt(opts: dict[str, float]) -> str:
+    return " / ".join(f"{o} {t:.3g}" for o, t in opts.items())
+
+
+def choose_plan(timings: dict[str, dict[str, float]], margin: float = MARGIN) -> tuple[object, str]:
+    """The plan from estimated seconds per image per stage and option (pure; see module doc)."""
+    from karl.precision import Plan
+    chosen, parts = {}, []
+    for stage in ("base_encode", "karl_decode", "base_decode"):
+        opts = timings.get(stage, {})
+        best = "fp32"
+        if "fp32" in opts:      # from the most to the least exact: each must beat the best so far
+            for option in sorted(opts, key=_EXACTNESS.index):
+                if opts[option] < margin * opts[best]:
+                    best = option
+        chosen[stage] = best
+        if opts:
+            parts.append(f"{STAGE_NAMES[stage]} {_fmt(opts)} s -> {best}")
+    plan = Plan(**chosen)
+    ref = sum(o.get("fp32", 0.0) for o in timings.values())
+    est = sum(o.get(getattr(plan, s, "fp32"), o.get("fp32", 0.0)) for s, o in timings.items())
+    if ref > 0 and est > (margin + 0.05) * ref and plan != Plan():
+        plan, why = Plan(), f"; the plan's estimate {est:.3g} s is not clearly below fp32's {ref:.3g} s: fp32"
+    else:
+        why = f"; estimate {ref:.3g} -> {est:.3g} s/image" if ref > 0 else ""
+    return plan, "; ".join(parts) + why
+
+
+def guard_pays(timings: dict[str, dict[str, float]], option: str, images: int, near_images: int) -> bool:
+    """Whether the reduced-precision base encoder still pays with its re-check: it saves
+    ``t_fp32 - t_option`` per image and costs ``rate * (t_fp32 + t_karl_encoder)`` (the
+    re-encode of the images with a decision within HALT_MARGIN). True before MIN_IMAGES."""
+    if images < MIN_IMAGES:
+        return True
+    base = timings.get("base_encode", {})
+    if "fp32" not in base or option not in base:
+        return True
+    karl = timings.get("karl_encode", {}).get("fp32", 0.0)
+    rate = near_images / images
+    return base["fp32"] - base[option] > rate * (base["fp32"] + karl)
+
+
+def decide(model: nn.Module) -> Decision:
+    """``auto`` for ``model`` on its device: env override, CUDA rule, cache, or a probe."""
+    from karl.precision import NAMED_PLANS, Plan
+    forced = os.environ.get(ENV, "").strip().lower()
+    if forced in NAMED_PLANS:
+        return Decision(NAMED_PLANS[forced], "env", f"{ENV}={forced}")
+    if model.device.type == "cuda":
+        ok = torch.cuda.is_bf16_supported()
+        return Decision(NAMED_PLANS["bf16" if ok else "fp32"], "cuda",
+                        "bf16 on a GPU that supports it (not probed)" if ok else "no bf16 on this GPU")
+    if model.device.type != "cpu":
+        return Decision(Plan(), "no probe", f"fp32 on {model.device.type}")
+    key = cache_key(model)
+    if forced != "probe":
+        cached = load_cached(key)
+        if cached is not None:
+            return cached
+    t0 = time.perf_counter()
+    timings = probe(model)
+    plan, reason = choose_plan(timings)
+    decision = Decision(plan, "probe", f"probe {time.perf_counter() - t0:.1f} s, "
+                                       f"{torch.get_num_threads()} threads: {reason}", timings)
+    save_cached(key, decision)
+    return decision
+
+
+# ----------------------------------------------------------------------------- probe
+
+def _scale(model: nn.Module) -> int:
+    """The probe's spatial divisor: 2 where the grid allows it (1/4 of the base tokenizer's
+    work). Not smaller: per-call costs that do not shrink with the image (bf16 casts of the
+    conv weights under autocast) would weigh several times more than at full size."""
+    g = model.grid_size
+    return 2 if g % 2 == 0 and g >= 4 else 1
+
+
+def probe(model: nn.Module) -> dict[str, dict[str, float]]:
+    """Estimated seconds per image for each stage and option on this CPU (module doc); at
+    full resolution where the base tokenizer refuses the smaller images."""
+    try:
+        return _probe(model, _scale(model))
+    except (AssertionError, ValueError, RuntimeError):
+        return _probe(model, 1)
+
+
+def _cases(model: nn.Module, q: int) -> list[tuple]:
+    """(stage, option, fn, scale to the whole stage, encoder side channels-last, decoder side
+    channels-last) for every option this CPU can run natively (module doc)."""
+    from karl import int8
+    from karl.precision import cpu_has_fast_bf16
+    g, d = model.grid_size // q, model.config.base.downsample
+    x = torch.rand(1, 3, g * d, g * d)
+    head = torch.randn(1, model.base.head_dim, g, g)
+    base, area = model.base, q * q
+    n, k, w = model.grid_size ** 2, model.max_tokens, model.config.width
+    enc_block, dec_block = model.encoder.transformer[0], model.decoder.transformer[0]
+    enc_seq = torch.randn(1, 1 + n + k, w)
+    dec_seq, mask = torch.randn(1, n + k // 2, w), torch.ones(1, n + k // 2, dtype=torch.bool)
+    enc_layers, dec_layers = model.config.encoder_layers, model.config.decoder_layers
+    decode = functools.partial(type(base).decode_head, base, head)
+    bf16 = cpu_has_fast_bf16()
+    cases = [("base_encode", "fp32", lambda: base.encode(x), area, False, False),
+             ("karl_encode", "fp32", lambda: enc_block(enc_seq), enc_layers, False, False),
+             ("karl_decode", "fp32", lambda: dec_block(dec_seq, mask), dec_layers, False, False),
+             ("base_decode", "fp32", decode, area, False, False),
+             ("base_decode", "fp32cl", decode, area, False, True)]
+    if bf16:
+        cases += [("base_encode", "bf16", lambda: base.encode(x), area, True, False),
+                  ("karl_decode", "bf16", lambda: dec_block(dec_seq, mask), dec_layers, False, False),
+                  ("base_decode", "bf16", decode, area, False, True)]
+    if int8.available():
+        q_block = copy.deepcopy(dec_block)
+        int8.install(q_block)
+        cases.append(("karl_decode", "int8", lambda: q_block(dec_seq, mask), dec_layers, False, False))
+    return cases
+
+
+@torch.no_grad()
+def _probe(model: nn.Module, q: int) -> dict[str, dict[str, float]]:
+    """One warm-up round, then REPS rounds over all cases, interleaved (a machine shared with
+    other jobs slows the options alike); the best time of each, scaled to its whole stage."""
+    from karl.precision import autocast, onednn_on, set_conv_layout
+    cases = _cases(model, q)
+    best: dict[tuple[str, str], float] = {}
+    for r in range(REPS + 1):
+        for stage, option, fn, factor, enc_cl, dec_cl in cases:
+            set_conv_layout(model, enc_cl, dec_cl)
+            ctx = autocast("cpu", option) if option in ("bf16", "fp16") else (
+                onednn_on() if option == "fp32cl" else contextlib.nullcontext())
+            try:
+                with ctx:
+                    t = time.perf_counter()
+                    fn()
+                    dt = (time.perf_counter() - t) * factor
+            finally:
+                set_conv_layout(model, False, False)
+            if r:
+                best[stage, option] = min(best.get((stage, option), dt), dt)
+    timings: dict[str, dict[str, float]] = {s: {} for s in STAGE_NAMES}
+    for (stage, option), dt in best.items():
+        timings[stage][option] = dt
+    return timings
