@@ -1,19 +1,21 @@
-"""Seconds per image of single-pass inference (encode + decode): fp32 vs the fast path.
+"""Seconds per image of single-pass inference (encode + decode): fp32 vs ``auto`` and each precision.
 
     python benchmarks/inference_speed.py --threads 2 --repeats 3   # small, 256 px, 8 images, CPU
     python benchmarks/inference_speed.py --device cuda --images 16 --repeats 5
 
 Variants, interleaved in every repeat so that a machine shared with other jobs slows all of
-them alike: ``fp32`` at batch 1, ``fp32`` at batch B (all images in one batch), the fast
-path at batch 1 (``--fast``, default ``auto``: bf16 where the hardware has it, guarded as
-karl/precision.py does by default: base tokenizer in bf16 with oneDNN + channels-last on CPU,
-the KARL encoder in fp32, images with a halting decision near the threshold encoded again in
-fp32, decoding in bf16) and the fast path without the guard (all of it under autocast).
-Reports the median seconds per image, the peak resident memory (CPU: VmRSS sampled every
-5 ms above the level before the variant; CUDA: max allocated), and how the fast paths'
-programs compare with fp32's: the share of images whose kept mask is equal, the differing
-decisions, the largest halting-probability and pixel differences, and the share of images
-the re-check encoded again in fp32.
+them alike: ``fp32`` at batch 1, ``fp32`` at batch B (all images in one batch), ``auto`` at
+batch 1 (the plan karl/autoprecision.py measured on this machine, or its cached decision;
+decided before timing, and printed with its reason), and at batch 1 the fixed precisions
+auto chooses from: ``bf16`` guarded (where the CPU has native bf16, or on CUDA; ``--all``
+times it anyway), ``bf16`` without the guard (all of ``encode`` under autocast), ``int8``
+(the KARL decoder in dynamic int8, CPU). ``KARL_PRECISION_AUTO=probe`` measures auto again.
+
+Prints the CPU, a table (median seconds per image, speedup over fp32 batch 1, peak
+resident memory: CPU VmRSS sampled every 5 ms above the level before the variant, CUDA max
+allocated; and how each variant's programs compare with fp32's: images with equal kept
+masks, differing decisions, the largest halting-probability and pixel differences, the
+mean pixel difference, images the guard re-encoded in fp32), and what ``auto`` chose.
 
 **Weights.** Random ``small`` weights (seed 0) except the halting head, which a random model
 does not have in any useful sense (its logits sit near 0, probability 0.5 < 0.75: every
@@ -27,8 +29,8 @@ versions, the random head's last bias set so that the median fp32 logit sits exa
 threshold (half of the decisions are near it; ``--logit-std S`` also scales the layer).
 ``--checkpoint DIR`` times a trained release instead (its own head, its image size).
 
-The last line is ``speedup_fast_vs_fp32=<x> keep_equal=<true|false> max_pixel_diff=<d>``
-for the fast path with the re-check.
+The last line is ``speedup_auto_vs_fp32=<x> auto=<plan label> keep_equal=<true|false>
+max_pixel_diff=<d>`` (auto vs fp32 at batch 1).
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ import torch
 from karl import build_model
 from karl.api import load_model
 from karl.model import KARL
-from karl.precision import HALT_MARGIN, resolve_precision, set_precision
+from karl.precision import HALT_MARGIN, describe_precision, precision_choice, set_precision
 
 
 def rss_bytes() -> int:
@@ -184,16 +186,34 @@ def build(a: argparse.Namespace, device: torch.device, fast: str) -> tuple[KARL,
     return model, x
 
 
+def variant_list(a: argparse.Namespace, device: torch.device) -> dict[str, tuple[str, int, bool]]:
+    """name -> (precision, batch, re-check): fp32 at batch 1 and B, auto, and every fixed
+    precision auto chooses from (bf16 where the hardware has it natively or on CUDA)."""
+    from karl import int8
+    from karl.precision import cpu_has_fast_bf16
+    v = {"fp32 batch 1": ("fp32", 1, True), f"fp32 batch {a.images}": ("fp32", a.images, True),
+         "auto": ("auto", 1, True)}
+    if device.type == "cuda" or cpu_has_fast_bf16() or a.all:
+        v.update({"bf16 guarded": ("bf16", 1, True), "bf16 unguarded": ("bf16", 1, False)})
+    if device.type == "cpu" and int8.available():
+        v["int8"] = ("int8", 1, True)
+    return v
+
+
 def measure(model: KARL, x: torch.Tensor, a: argparse.Namespace, device: torch.device,
             variants: dict) -> tuple[dict, dict, dict, dict]:
-    """Interleaved repeats (module doc): seconds per image, peak memory, outputs, re-checks."""
+    """Interleaved repeats (module doc): seconds per image, peak memory, outputs, guard counts.
+    Each variant's ``precision_stats`` carry over from one repeat to the next, as in a long run
+    (auto judges its guard's cost on them)."""
     times: dict[str, list[float]] = {k: [] for k in variants}
     memory = {k: 0 for k in variants}
     outputs: dict[str, list] = {}
-    rechecked = {}
+    stats: dict[str, dict] = {}
     for r in range(a.repeats + 1):                 # repeat 0 warms up on one image (kernels)
         for name, (precision, batch, recheck) in variants.items():
             set_precision(model, precision, recheck=recheck)
+            if name in stats:
+                model.precision_stats = stats[name]
             chunks = [x[i:i + batch] for i in range(0, len(x) if r else 1, batch)]
             results = []
             with PeakMemory(device) as mem:
@@ -202,10 +222,40 @@ def measure(model: KARL, x: torch.Tensor, a: argparse.Namespace, device: torch.d
                     if r > 0:
                         times[name] += [dt / len(c)] * len(c)
             memory[name] = max(memory[name], mem.peak)
+            stats[name] = model.precision_stats
             if r > 0:
                 outputs[name] = [torch.cat(v) for v in zip(*results)]
-                rechecked[name] = model.precision_stats.get("rechecked_images", 0)
-    return times, memory, outputs, rechecked
+    return times, memory, outputs, stats
+
+
+def report(model: KARL, x: torch.Tensor, a: argparse.Namespace, variants: dict, results: tuple) -> str:
+    """Prints the table; returns the last line (module doc)."""
+    times, memory, outputs, stats = results
+    ref_keep, ref_probs, ref_img = outputs["fp32 batch 1"]
+    print(f"kept tokens per image (fp32): {ref_keep.sum(-1).tolist()} of {ref_keep.shape[1]}; "
+          f"fp32 tokens within {HALT_MARGIN} of the threshold: "
+          f"{int(((ref_probs - model.config.halt_threshold).abs() < HALT_MARGIN).sum())} of {ref_probs.numel()}")
+    base = statistics.median(times["fp32 batch 1"])
+    print(f"| variant | s/image | speedup vs fp32 b1 | peak MB | masks equal | decisions differ "
+          f"| max halting diff | max pixel diff | mean pixel diff | re-encoded |\n|{'---|' * 10}")
+    for name in variants:
+        med = statistics.median(times[name])
+        keep, probs, img = outputs[name]
+        diff = (img - ref_img).abs()
+        s = stats[name]
+        recheck = f"{s['rechecked_images']}/{s['images']}" if "rechecked_images" in s else "-"
+        print(f"| {name} | {med:.3f} | {base / med:.2f} | {memory[name] / 2**20:.0f} | "
+              f"{int((keep == ref_keep).all(-1).sum())}/{len(keep)} | {int((keep != ref_keep).sum())} | "
+              f"{(probs - ref_probs).abs().max().item():.4f} | {diff.max().item():.4f} | "
+              f"{diff.mean().item():.5f} | {recheck} |")
+    set_precision(model, "auto")
+    model.precision_stats = stats["auto"]
+    print(describe_precision(model, detail=True))
+    keep, _, img = outputs["auto"]
+    return (f"speedup_auto_vs_fp32={base / statistics.median(times['auto']):.2f} "
+            f"auto={precision_choice(model).plan.label} "
+            f"keep_equal={str(bool((keep == ref_keep).all())).lower()} "
+            f"max_pixel_diff={(img - ref_img).abs().max().item():.4f}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -215,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--images", type=int, default=8, help="images (also the batch of 'fp32 batch B')")
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--epsilon", type=float, default=0.05)
-    p.add_argument("--fast", default="auto", choices=("bf16", "fp16", "auto"))
+    p.add_argument("--all", action="store_true", help="also time bf16 on a CPU without native bf16")
     p.add_argument("--head", choices=("fit", "bias"), default="fit",
                    help="random-weight halting head: fitted with BCE (default) or the bias-only worst case")
     p.add_argument("--fit-images", type=int, default=16, help="--head fit: images it is fitted on")
@@ -239,40 +289,18 @@ def main(argv: list[str] | None = None) -> int:
         else:
             torch.backends.mkldnn.enabled = a.fp32_onednn == "on"
         print(f"fp32 convolutions: {'oneDNN' if torch.backends.mkldnn.enabled else 'native'} kernels")
-    fast = resolve_precision(a.fast, device)
-    model, x = build(a, device, fast)
+        from karl.autoprecision import cpu_flags, cpu_model_name
+        print(f"CPU: {cpu_model_name()}; " + " ".join(f for f in ("avx512_bf16", "avx512_vnni", "amx_bf16",
+                                                                  "amx_int8") if f in cpu_flags())
+              + f"; torch {torch.__version__}")
+    model, x = build(a, device, "bf16")
+    variants = variant_list(a, device)
     print(f"{a.checkpoint or a.preset} {model.image_size}px on {device} ({torch.get_num_threads()} "
-          f"threads), {a.images} images, {a.repeats} repeats, epsilon {a.epsilon}, "
-          f"fast path = {a.fast} -> {fast}")
-
-    fast_name, raw_name = f"{fast} guarded", f"{fast} unguarded"
-    variants = {"fp32 batch 1": ("fp32", 1, True), f"fp32 batch {a.images}": ("fp32", a.images, True),
-                fast_name: (fast, 1, True), raw_name: (fast, 1, False)}
-    times, memory, outputs, rechecked = measure(model, x, a, device, variants)
-    ref_keep, ref_probs, ref_img = outputs["fp32 batch 1"]
-    b_keep, _, b_img = outputs[f"fp32 batch {a.images}"]
-    print(f"kept tokens per image (fp32): {ref_keep.sum(-1).tolist()} of {ref_keep.shape[1]}; "
-          f"fp32 tokens within {HALT_MARGIN} of the threshold: "
-          f"{int(((ref_probs - model.config.halt_threshold).abs() < HALT_MARGIN).sum())} of {ref_probs.numel()}")
-    print(f"fp32 batch {a.images} vs batch 1: masks equal {bool((b_keep == ref_keep).all())}, "
-          f"max pixel diff {(b_img - ref_img).abs().max().item():.2e}")
-    print(f"{'variant':<16} {'s/image':>8} {'vs fp32':>8} {'peak MB':>8}")
-    base = statistics.median(times["fp32 batch 1"])
-    for name in variants:
-        med = statistics.median(times[name])
-        print(f"{name:<16} {med:8.3f} {med / base:8.2f} {memory[name] / 2**20:8.0f}")
-    for name in (raw_name, fast_name):
-        keep, probs, img = outputs[name]
-        equal = (keep == ref_keep).all(-1)
-        diff = (img - ref_img).abs()
-        print(f"{name} vs fp32: kept masks equal in {int(equal.sum())}/{len(equal)} images, "
-              f"{int((keep != ref_keep).sum())} decisions differ, max |halting prob diff| "
-              f"{(probs - ref_probs).abs().max().item():.4f}, pixels max {diff.max().item():.4f} "
-              f"mean {diff.mean().item():.4f}; re-encoded in fp32: {rechecked[name]}/{len(x)} images")
-    keep, _, img = outputs[fast_name]
-    speedup = base / statistics.median(times[fast_name])
-    print(f"speedup_fast_vs_fp32={speedup:.2f} keep_equal={str(bool((keep == ref_keep).all())).lower()} "
-          f"max_pixel_diff={(img - ref_img).abs().max().item():.4f}")
+          f"threads), {a.images} images, {a.repeats} repeats, epsilon {a.epsilon}")
+    set_precision(model, "auto")
+    print(describe_precision(model, detail=True))              # decided (probe or cache) before timing
+    last = report(model, x, a, variants, measure(model, x, a, device, variants))
+    print(last)
     return 0
 
 

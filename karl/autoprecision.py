@@ -30,8 +30,8 @@ where PyTorch has the kernels.
 that matter, torch version, thread count and a model signature (base kind, image size,
 widths, layers), so the probe runs once per machine kind and model. ``KARL_PRECISION_AUTO``
 = ``fp32`` / ``bf16`` / ``fp16`` / ``int8`` makes ``auto`` mean that without probing;
-``probe`` measures again and rewrites the cache entry. On CUDA ``auto`` is bf16 where the
-GPU supports it (not probed).
+``probe`` measures again (once per process) and rewrites the cache entry. On CUDA ``auto``
+is bf16 where the GPU supports it (not probed).
 """
 
 from __future__ import annotations
@@ -59,6 +59,7 @@ _EXACTNESS = ("fp32", "fp32cl", "bf16", "fp16", "int8")   # closest to fp32's pi
 REPS = 2              # timed runs per option after one warm-up; the best counts
 MIN_IMAGES = 4        # the guard's break-even is judged after this many images
 ENV = "KARL_PRECISION_AUTO"
+_PROBED: set[str] = set()    # keys probed in this process (KARL_PRECISION_AUTO=probe measures once)
 _FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "avx_vnni", "amx_bf16", "amx_int8", "amx_tile")
 STAGE_NAMES = {"base_encode": "base encoder", "karl_encode": "KARL encoder",
                "karl_decode": "KARL decoder", "base_decode": "base decoder"}
@@ -222,7 +223,7 @@ def decide(model: nn.Module) -> Decision:
     if model.device.type != "cpu":
         return Decision(Plan(), "no probe", f"fp32 on {model.device.type}")
     key = cache_key(model)
-    if forced != "probe":
+    if forced != "probe" or key in _PROBED:      # "probe": once per process, then the cache
         cached = load_cached(key)
         if cached is not None:
             return cached
@@ -232,6 +233,7 @@ def decide(model: nn.Module) -> Decision:
     decision = Decision(plan, "probe", f"probe {time.perf_counter() - t0:.1f} s, "
                                        f"{torch.get_num_threads()} threads: {reason}", timings)
     save_cached(key, decision)
+    _PROBED.add(key)
     return decision
 
 

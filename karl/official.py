@@ -47,6 +47,8 @@ __all__ = ["UntrustedCheckpointError", "convert_official", "infer_config", "load
            "load_official", "main", "map_official_keys", "read_official", "select_weights"]
 
 _WRAPPERS = ("module.", "_orig_mod.")
+# BaseTokenizerConfig fields that only the KL-VAE reads; a converted VQGAN's config.json omits them.
+VAE_ONLY_FIELDS = ("input_range", "output_range", "decode_scale", "posterior")
 # The release's arithmetic around its KL-VAE (docs/OFFICIAL.md section 7, checked on identical
 # weights): the [0, 1] image goes in as it is, KARL sees latent x 0.2325, the decoder head's
 # prediction is decoded without dividing by 0.2325, and the raw output is the [0, 1] image.
@@ -412,7 +414,11 @@ def convert_official(in_path: str | Path, out_dir: str | Path, trust: bool = Fal
     """
     cfg, state, provenance = _prepare(in_path, trust, weights, heads, posterior)
     provenance["sha256"] = _sha256(Path(in_path))
-    return write_release(out_dir, to_dict(cfg), _unshare(state), extra={"source": provenance})
+    config = to_dict(cfg)
+    if cfg.base.kind != "kl_vae":   # the VAE's conventions mean nothing for this base: not listed
+        for name in VAE_ONLY_FIELDS:
+            config["base"].pop(name, None)
+    return write_release(out_dir, config, _unshare(state), extra={"source": provenance})
 
 
 def _unshare(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
@@ -438,6 +444,16 @@ def load_any(path: str | Path, trust_official: bool = False,
 
 
 # --------------------------------------------------------------------------- CLI
+
+def _posterior_note(base: dict) -> str:
+    """VAE files: which posterior the grid comes from, and how to get the release's."""
+    if base.get("kind") != "kl_vae":
+        return ""
+    if base.get("posterior") == "sample":
+        return "; posterior: sample (as the release computes; seed model.base.generator for fixed noise)"
+    return ("; posterior: mean (deterministic; the release samples it: convert with --posterior "
+            "sample, or set \"posterior\": \"sample\" in config.json)")
+
 
 def main(argv: list[str] | None = None) -> int:
     """``karl-convert-official IN.pth OUT_DIR --trust``; exit 2 when not trusted."""
@@ -471,7 +487,8 @@ def main(argv: list[str] | None = None) -> int:
     m, src = meta["model"], meta["source"]
     print(f"wrote {out}: {m['base']['kind']} base, quantize={m['quantize']}, width {m['width']}, "
           f"{m['encoder_layers']}+{m['decoder_layers']} layers, {src['num_tensors']} tensors "
-          f"from ['{src['weights']}'] (epoch {src['epoch']}); dropped {src['dropped']}")
+          f"from ['{src['weights']}'] (epoch {src['epoch']}); dropped {src['dropped']}"
+          f"{_posterior_note(m['base'])}")
     print(f"next: karl-eval --checkpoint {out} ...   or   python app.py --checkpoint {out}")
     return 0
 

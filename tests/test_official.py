@@ -206,7 +206,12 @@ def test_convert_reduced_and_run(kind, ddp, tmp_path, capsys):
     src = save_like_authors(tmp_path / f"karl_small_{kind}.pth", ema, model_w, ddp=ddp)
     out = tmp_path / "converted"
     assert main([str(src), str(out), "--trust"]) == 0
-    assert "next:" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "next:" in printed
+    if kind == "kl_vae":   # the summary says which posterior the file got, and how to get the release's
+        assert "posterior: mean (deterministic; the release samples it: convert with --posterior sample" in printed
+    else:
+        assert "posterior" not in printed
 
     # Every non-GAN tensor was used, unchanged, under our name.
     tensors = load_file(str(out / "model.safetensors"))
@@ -216,6 +221,9 @@ def test_convert_reduced_and_run(kind, ddp, tmp_path, capsys):
     assert sorted(tensors) == sorted(expected)
     assert all(torch.equal(tensors[k], v) for k, v in expected.items())
     meta = json.loads((out / "config.json").read_text())
+    vae_only = {"input_range", "output_range", "decode_scale", "posterior"} & set(meta["model"]["base"])
+    assert vae_only == (set() if kind == "vqgan" else {"input_range", "output_range", "decode_scale",
+                                                        "posterior"})
     src_info = meta["source"]
     assert src_info["file"] == src.name and src_info["weights"] == "ema"
     assert src_info["epoch"] == 199 and src_info["heads_from"] == "args.num_heads"
@@ -476,7 +484,7 @@ def converted_vae(tmp_path_factory) -> tuple[Path, dict]:
     return src, ema
 
 
-def test_converted_vae_reconstructs_with_the_release_arithmetic(converted_vae, tmp_path):
+def test_converted_vae_reconstructs_with_the_release_arithmetic(converted_vae, tmp_path, capsys):
     src, _ = converted_vae
     x, eps = images(1, seed=4), torch.tensor([0.05])
     out = convert_official(src, tmp_path / "mean", trust=True)
@@ -491,6 +499,7 @@ def test_converted_vae_reconstructs_with_the_release_arithmetic(converted_vae, t
 
     # The release samples the posterior: --posterior sample with the same noise is equal too.
     assert main([str(src), str(tmp_path / "sample"), "--trust", "--posterior", "sample"]) == 0
+    assert "posterior: sample (as the release computes" in capsys.readouterr().out
     sampled = load_pretrained(tmp_path / "sample")
     sampled.base.generator = torch.Generator().manual_seed(5)
     keep_s, y_s = roundtrip(sampled, x, eps)

@@ -30,6 +30,7 @@ AMX = {"base_encode": {"fp32": 0.66, "bf16": 0.18}, "karl_encode": {"fp32": 0.51
 def _own_cache(tmp_path, monkeypatch):
     """auto's cache in a fresh folder, and no override from the environment."""
     monkeypatch.setenv("KARL_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(autoprecision, "_PROBED", set())
     monkeypatch.delenv(autoprecision.ENV, raising=False)
 
 
@@ -81,8 +82,10 @@ def test_decide_caches_per_machine_and_model(tiny_model, monkeypatch):
     key = autoprecision.cache_key(tiny_model)
     assert "torch " + torch.__version__ in key
     assert autoprecision.model_signature(tiny_model) in key
-    monkeypatch.setenv(autoprecision.ENV, "probe")                 # measure again
+    monkeypatch.setenv(autoprecision.ENV, "probe")                 # measure again, once per process
+    autoprecision._PROBED.clear()
     assert autoprecision.decide(tiny_model).source == "probe" and len(calls) == 2
+    assert autoprecision.decide(tiny_model).source == "cache" and len(calls) == 2
     monkeypatch.setenv(autoprecision.ENV, "bf16")                  # no probe at all
     forced = autoprecision.decide(tiny_model)
     assert forced.source == "env" and forced.plan.label == "bf16" and len(calls) == 2
