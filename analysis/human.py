@@ -6,7 +6,7 @@ with the score of its own file number. Any other data set: a CSV with an image c
 or ``gt``) and optionally ``category`` (:func:`load_scores_csv`).
 
 Measures (:func:`compute_human_measures`, streamed in batches so memory stays bounded):
-KC-hat and continuous KC at one epsilon, KC-hat at several epsilons (the model sees each
+KC-hat and continuous KC at one epsilon and at several epsilons (the model sees each
 image at its own input size, shorter side resized then centre crop), and the classic
 proxies of the Savoias paper on the 256 x 256 centre crop (JPEG bpp at quality 75, PNG bpp
 of the pixels alone, Canny edge density). Scores are rescaled within each category, so
@@ -32,7 +32,7 @@ from analysis.savoias import SAVOIAS_CATEGORIES, SavoiasLayoutError, load_savoia
 PROXIES = ("jpeg_bpp", "png_bpp", "edge_density")
 MEASURE_LABELS = {"kc_hat": "KC-hat", "continuous_kc": "sum(1 - p)", "jpeg_bpp": "JPEG bpp",
                   "png_bpp": "PNG bpp", "edge_density": "edge density"}
-DEFAULT_EPSILONS = (0.02, 0.05, 0.1, 0.2)  # KC-hat is also reported at these
+DEFAULT_EPSILONS = (0.02, 0.05, 0.1, 0.2)  # KC-hat and continuous KC are also reported at these
 PROXY_SIZE = 256  # the classic proxies are measured on this centre crop (as the reference figures)
 
 
@@ -186,7 +186,8 @@ def compute_human_measures(model, df: pd.DataFrame, epsilon: float = 0.05,
 
     Images are decoded ``batch_size`` at a time; only per-image numbers are kept, so memory
     does not grow with the data set. Adds the columns ``kc_hat``, ``continuous_kc`` (at
-    ``epsilon``), ``kc_hat@<e>`` for each of ``epsilons`` and the :data:`PROXIES`; with
+    ``epsilon``), ``kc_hat@<e>`` and ``continuous_kc@<e>`` for each of ``epsilons`` and the
+    :data:`PROXIES`; with
     ``model=None`` only the proxies. The model sees each image at ``model.image_size``
     (shorter side resized, centre crop); the proxies use the ``proxy_size`` centre crop.
     Unreadable images are dropped and listed in one warning and in ``attrs["notes"]``.
@@ -198,7 +199,7 @@ def compute_human_measures(model, df: pd.DataFrame, epsilon: float = 0.05,
     paths = [str(p) for p in df["path"]]
     n = len(paths)
     kc = np.zeros((n, len(eps_all)), np.int64)
-    ckc, px = np.zeros(n), np.full((n, len(PROXIES)), np.nan)
+    ckc, px = np.zeros((n, len(eps_all))), np.full((n, len(PROXIES)), np.nan)
     good, errors = np.zeros(n, bool), []
     bar = None
     if show_progress:
@@ -212,7 +213,7 @@ def compute_human_measures(model, df: pd.DataFrame, epsilon: float = 0.05,
         if x is not None:
             probs, keep = encode_many(model, x, eps_all, batch_size=max(batch_size, len(eps_all)))
             kc[rows] = keep.sum(-1)
-            ckc[rows] = (1.0 - probs[:, 0]).sum(-1)
+            ckc[rows] = (1.0 - probs).sum(-1)
         for r, rgb in zip(rows, crops):
             px[r] = _proxy_row(np.ascontiguousarray(rgb))
         del x, crops  # the next batch replaces them: peak memory is one batch
@@ -225,9 +226,11 @@ def compute_human_measures(model, df: pd.DataFrame, epsilon: float = 0.05,
         bar.close()
     out = df.reset_index(drop=True).copy()
     if model is not None:
-        out["kc_hat"], out["continuous_kc"] = kc[:, 0], ckc
+        out["kc_hat"], out["continuous_kc"] = kc[:, 0], ckc[:, 0]
         for e in sorted(map(float, epsilons)):
             out[f"kc_hat@{e:g}"] = kc[:, eps_all.index(e)]
+        for e in sorted(map(float, epsilons)):
+            out[f"continuous_kc@{e:g}"] = ckc[:, eps_all.index(e)]
     for j, c in enumerate(PROXIES):
         out[c] = px[:, j]
     if n and not good.any():
@@ -240,6 +243,7 @@ def compute_human_measures(model, df: pd.DataFrame, epsilon: float = 0.05,
         warnings.warn(msg, UserWarning, stacklevel=2)
         notes.append(msg)
     out.attrs = {**df.attrs, "notes": notes, "model_input": size, "proxy_size": proxy_size,
+                 "max_tokens": int(model.max_tokens) if model is not None else None,
                  "epsilon": float(epsilon), "epsilons": [float(e) for e in epsilons]}
     return out
 
@@ -309,9 +313,15 @@ def _undefined_note(x: np.ndarray, y: np.ndarray) -> str:
 
 
 def human_measures(df: pd.DataFrame) -> list[str]:
-    """The measure columns of ``df`` in report order: kc_hat, continuous_kc, proxies, kc_hat@e."""
-    base = [m for m in ("kc_hat", "continuous_kc", *PROXIES) if m in df.columns]
-    return base + [c for c in df.columns if str(c).startswith("kc_hat@")]
+    """The measure columns of ``df`` in report order: for each epsilon, KC-hat and continuous
+    KC side by side (``kc_hat@e``, ``continuous_kc@e``), then the proxies. The plain
+    ``kc_hat`` / ``continuous_kc`` (at ``attrs["epsilon"]``) come first unless that epsilon
+    has its own ``@`` columns, which hold the same numbers."""
+    eps = [str(c).split("@", 1)[1] for c in df.columns if str(c).startswith("kc_hat@")]
+    at = [c for e in eps for c in (f"kc_hat@{e}", f"continuous_kc@{e}") if c in df.columns]
+    main = df.attrs.get("epsilon")
+    plain = [] if main is not None and f"kc_hat@{main:g}" in df.columns else ["kc_hat", "continuous_kc"]
+    return [m for m in plain if m in df.columns] + at + [m for m in PROXIES if m in df.columns]
 
 
 def compute_human_correlations(df: pd.DataFrame, measures: Sequence[str] | None = None,

@@ -116,19 +116,23 @@ def _human_section(model, human_df: pd.DataFrame, save, out_dir: Path, *, epsilo
     """HTML parts of section 5: measures streamed over the data set, correlations per category."""
     from analysis.human import (correlation_table, input_size_note, kc_by_epsilon,
                                 run_human_analysis)
+    from analysis.human_study import saturation, saturation_note, wide_correlations
 
     hdf, corr = run_human_analysis(model, human_df, epsilon, epsilons, proxy_size, n_boot, seed,
                                    batch_size)
-    by_eps = kc_by_epsilon(hdf)
+    by_eps, sat = kc_by_epsilon(hdf), saturation(hdf, k_max)
     paths = [save(hdf, "human_scores.csv"), save(corr, "human_correlations.csv"),
-             save(by_eps, "human_kc_by_epsilon.csv")]
+             save(wide_correlations(corr), "human_correlations_wide.csv"),
+             save(by_eps, "human_kc_by_epsilon.csv"), save(sat, "human_saturation.csv")]
     notes = "".join(f"<li>{html.escape(n)}</li>" for n in hdf.attrs.get("notes", []))
     per_cat = "".join(_fig_html(plot_human_heatmap(hdf, max_tokens=k_max, kc_bucket=bucket_size,
                                                    category=c)) for c in hdf["category"].unique())
     return [f"<p>{len(hdf)} images in {hdf['category'].nunique()} categories. Correlations are "
             f"within a category (scores are rescaled per category), with 95% bootstrap CIs "
-            f"({n_boot} resamples); KC-hat and sum(1 - p) at epsilon {epsilon:g}.</p>",
+            f"({n_boot} resamples); KC-hat and sum(1 - p) at each epsilon, side by side with the "
+            "classic proxies.</p>",
             f"<p class='note'>{html.escape(input_size_note(hdf))}</p>",
+            f"<p class='note'>{html.escape(saturation_note(sat, k_max))}</p>",
             f"<ul class='note'>{notes}</ul>" if notes else "",
             "<h3>Spearman r with the human score [95% CI]</h3>", _table(correlation_table(corr, "spearman")),
             "<h3>Pearson r with the human score [95% CI]</h3>", _table(correlation_table(corr, "pearson")),
@@ -407,7 +411,14 @@ def main(argv: list[str] | None = None) -> int:
                        n_boot=args.bootstrap, batch_size=args.batch_size, model_desc=model_desc,
                        data_desc=data_desc, human_epsilons=args.human_epsilons,
                        proxy_size=args.proxy_size or None)
-    print(f"wrote {out} (CSVs in {Path(args.csv_dir) if args.csv_dir else out.parent / (out.stem + '_data')})")
+    csv_dir = Path(args.csv_dir) if args.csv_dir else out.parent / (out.stem + "_data")
+    if human_df is not None:  # the per-category table in the terminal too, not only in the HTML
+        from analysis.human_study import summary_text
+        hdf = pd.read_csv(csv_dir / "human_scores.csv")
+        hdf.attrs.update(epsilon=args.epsilon, model_input=int(model.image_size),
+                         proxy_size=args.proxy_size or None)
+        print(summary_text(hdf, pd.read_csv(csv_dir / "human_correlations.csv"), int(model.max_tokens)))
+    print(f"wrote {out} (CSVs in {csv_dir})")
     return 0
 
 

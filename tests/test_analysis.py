@@ -231,7 +231,8 @@ def test_report_builds_offline(model, savoias_root, tmp_path):
     assert {"halting.csv", "kc_curve.csv", "token_sweep.csv", "delta.csv", "gallery.csv",
             "human_scores.csv", "human_correlations.csv", "description_length.csv"} <= csvs
     corr = pd.read_csv(tmp_path / "r_data" / "human_correlations.csv")
-    assert set(corr.category) == {"Scenes", "Art"} and set(corr.measure) >= {"kc_hat", "jpeg_bpp", "edge_density"}
+    assert set(corr.category) == {"Scenes", "Art"} and set(corr.measure) >= {"kc_hat@0.05", "continuous_kc@0.05",
+                                                                           "jpeg_bpp", "edge_density"}
 
 
 def test_report_cli_folder_and_csv(tmp_path):

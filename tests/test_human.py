@@ -164,7 +164,7 @@ def test_constant_kc_hat_is_reported_as_constant():
 
 # ----------------------------------------------------------------------------- report and app
 
-def test_report_cli_on_a_real_layout_copy(tmp_path):
+def test_report_cli_on_a_real_layout_copy(tmp_path, capsys):
     from analysis.report import main
 
     root = make_fake_savoias(tmp_path / "Savoias", n_per_category=8, size=24,
@@ -186,6 +186,11 @@ def test_report_cli_on_a_real_layout_copy(tmp_path):
     assert len(jpeg) == 7 and (jpeg.spearman > 0.9).all()  # the scores are the noise amplitude
     assert {"kc_hat@0.02", "kc_hat@0.2"} <= set(corr.measure)
     assert len(pd.read_csv(tmp_path / "r_data" / "human_kc_by_epsilon.csv")) == 7
+    # Issue 25: the table in the terminal too, and a wide CSV.
+    printed = capsys.readouterr().out
+    assert "Spearman r with the human score" in printed and "cKC@0.2" in printed and "32 x 32" in printed
+    assert len(pd.read_csv(tmp_path / "r_data" / "human_correlations_wide.csv")) == 7
+    assert "at the full 16 tokens" in text   # the report names the constant columns
 
     assert main(args + ["--human-strict"]) == 2  # one-line error, no report
     assert main([*args[:7], str(tmp_path), *args[8:]]) == 2  # not Savoias
@@ -205,7 +210,11 @@ def test_app_panel_handler(tiny_model, tmp_path, monkeypatch):
         status, spear, pear, bars, heat, by_eps, files = human_view(
             tiny_model, str(root), 0.05, 3, progress=lambda f, desc="": seen.append(f))
     assert "21 images in 7 categories" in status and "Art/1" in status and "32 x 32" in status
+    assert spear["visible"] and pear["visible"] and by_eps["visible"]   # hidden until a result
+    spear, pear, by_eps = spear["value"], pear["value"], by_eps["value"]
     assert list(spear.category) == list(SAVOIAS_CATEGORIES) and "JPEG bpp" in pear.columns
+    assert {"KC-hat @ 0.05", "sum(1 - p) @ 0.05", "KC-hat @ 0.2", "sum(1 - p) @ 0.2"} <= set(spear.columns)
+    assert "at the full 16 tokens" in status   # the constant columns are named
     assert len(bars.data) >= 5 and np.asarray(heat.data[0].z).shape[1] == 8 and len(by_eps) == 7
     assert seen[-1] == pytest.approx(1.0)
     written = pd.read_csv(files[0])
@@ -214,3 +223,63 @@ def test_app_panel_handler(tiny_model, tmp_path, monkeypatch):
         human_view(tiny_model, str(tmp_path), 0.05, 0)
     with pytest.raises(gr.Error, match="Enter the folder"):
         human_view(tiny_model, "  ", 0.05, 0)
+    # Issue 25: n = NaN answered "None"; the one rule gives a line.
+    for n, msg in ((float("nan"), "images per category must be a finite number"),
+                   (-2, "images per category must be 0"), ("x", "images per category must be a number")):
+        with pytest.raises(gr.Error, match=msg):
+            human_view(tiny_model, str(root), 0.05, n)
+    # Served beyond this machine: refused before the file system is touched, whatever the path.
+    for path in (str(root), "/no/such/folder", "/etc"):
+        with pytest.raises(gr.Error) as err:
+            human_view(tiny_model, path, 0.05, 0, server_paths=False)
+        assert "Reading folders on the server is off" in str(err.value) and path not in str(err.value)
+
+
+# ----------------------------------------------------------------------------- the study from the terminal (issue 25)
+
+def test_human_study_cli_prints_the_table_and_writes_wide_csvs(tmp_path, capsys):
+    """``python -m analysis.human_study DIR``: needs no --data, prints the per-category table,
+    writes the wide CSV, reports KC-hat and continuous KC at several epsilons side by side
+    with the proxies and names the constant columns."""
+    from analysis.human_study import main
+
+    root = make_fake_savoias(tmp_path / "Savoias", n_per_category=5, size=16, missing=["Art/1"])
+    out = tmp_path / "study"
+    argv = [str(root), "--preset", "tiny", "--bootstrap", "20", "--epsilons", "0.05,0.1,0.2",
+            "--out-dir", str(out)]
+    with pytest.warns(UserWarning, match="Art/1"):
+        assert main(argv) == 0
+    text = capsys.readouterr().out
+    assert "Spearman r with the human score" in text and "Art/1" in text and "32 x 32" in text
+    header = next(line for line in text.splitlines() if line.strip().startswith("category"))
+    assert header.split() == ["category", "n", "KC@0.05", "cKC@0.05", "KC@0.1", "cKC@0.1", "KC@0.2",
+                              "cKC@0.2", "JPEG", "PNG", "edges"]
+    for cat in SAVOIAS_CATEGORIES:
+        assert cat in text
+    assert "Constant or nearly constant columns" in text and "at the full 16 tokens" in text
+    wide = pd.read_csv(out / "human_correlations_wide.csv")
+    assert list(wide.category) == list(SAVOIAS_CATEGORIES) and wide.loc[1, "n"] == 4   # Art lost one
+    assert (wide["jpeg_bpp"] > 0.9).all() and {"jpeg_bpp low", "jpeg_bpp high", "jpeg_bpp pearson"} <= set(wide)
+    assert {"kc_hat@0.1", "continuous_kc@0.1"} <= set(wide.columns) and "kc_hat" not in wide.columns
+    sat = pd.read_csv(out / "human_saturation.csv").set_index("measure")
+    assert sat.loc["kc_hat@0.05", "at_budget"] == 1.0 and sat.loc["kc_hat@0.05", "verdict"] == "constant"
+    assert sat.loc["continuous_kc@0.05", "verdict"] != "constant"
+    scores = pd.read_csv(out / "human_scores.csv")
+    assert len(scores) == 34 and (scores.path.map(lambda p: int(Path(p).stem)) == scores["index"]).all()
+    assert main([str(tmp_path), "--preset", "tiny", "--out-dir", str(out)]) == 2   # not Savoias
+    assert "not a Savoias folder" in capsys.readouterr().err
+
+
+def test_saturation_counts_images_at_the_budget():
+    from analysis.human_study import saturation, saturation_note
+
+    df = pd.DataFrame({"category": ["a"] * 5 + ["b"] * 5, "kc_hat@0.05": [32] * 9 + [20],
+                       "continuous_kc@0.05": np.linspace(10, 31.9, 10), "kc_hat@0.2": [32] * 10})
+    sat = saturation(df, max_tokens=32).set_index("measure")
+    assert sat.loc["kc_hat@0.05", "at_budget"] == 0.9 and sat.loc["kc_hat@0.05", "verdict"] == "nearly constant"
+    assert sat.loc["kc_hat@0.05", "constant_categories"] == 1 and sat.loc["kc_hat@0.2", "verdict"] == "constant"
+    assert sat.loc["continuous_kc@0.05", "at_budget"] == pytest.approx(0.1)
+    note = saturation_note(sat.reset_index(), 32)
+    assert "KC-hat @ 0.05: 90% of images at the full 32 tokens" in note and "sum(1 - p)" not in note
+    df["kc_hat@0.1"] = [5] * 5 + list(range(5))       # constant in one category only
+    assert saturation(df, 32).set_index("measure").loc["kc_hat@0.1", "verdict"] == "partly constant"
