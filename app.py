@@ -1,4 +1,4 @@
-"""KARL studio: ``python app.py [--checkpoint PATH] [--trust-official] [--host H] [--port P]``.
+"""KARL studio: ``python app.py [--checkpoint PATH] [--trust-official] [--host H] [--port P] ...``.
 
 Loads the model once (the bundled ``assets/checkpoints/karl_cpu`` by default; a random
 ``cpu`` model with a warning banner if it is missing), builds the Gradio app and serves it
@@ -16,6 +16,25 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
+    return n
+
+
+def server_paths_allowed(host: str, share: bool, flag: bool) -> bool:
+    """Whether the app may read server folders a visitor names: only when nobody else can
+    reach it (a loopback host, no public link), or when the flag says so."""
+    return flag or (host in LOOPBACK_HOSTS and not share)
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="app.py", description="KARL studio (Gradio app)")
     p.add_argument("--checkpoint", help="release directory (config.json + model.safetensors), a Hugging "
@@ -25,6 +44,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="allow unpickling an authors' .pth (torch.load(weights_only=False) can run "
                         "code stored in the file: only for files you trust)")
     p.add_argument("--host", default="127.0.0.1", help="interface to bind (0.0.0.0 for all)")
+    p.add_argument("--allow-server-paths", action="store_true",
+                   help="let the human panel read folders on this machine even when served beyond "
+                        "it (other host or --share); on by default only for 127.0.0.1 / localhost")
+    p.add_argument("--queue-size", type=_positive_int, default=None,
+                   help="requests that may wait while one runs; more are refused with 'queue full' "
+                        "(default 64; a bound on memory, see docs/APP.md)")
     p.add_argument("--port", type=int, default=None, help="port (default: 7860 or the next free one)")
     p.add_argument("--share", action="store_true", help="create a public gradio.live link (needs network)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default cpu)")
@@ -68,7 +93,10 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_warmup:
         warmup(loaded.model)
     from app import build_demo, launch_demo
-    demo = build_demo(loaded.model, banner=loaded.warning, loaded_from=loaded.source)
+    from app.ui import QUEUE_MAX_SIZE
+    demo = build_demo(loaded.model, banner=loaded.warning, loaded_from=loaded.source,
+                      queue_size=args.queue_size or QUEUE_MAX_SIZE,
+                      server_paths=server_paths_allowed(args.host, args.share, args.allow_server_paths))
     launch_demo(demo, host=args.host, port=args.port, share=args.share)
     return 0
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -21,6 +22,19 @@ HALTED_COLOR = "#c8c8c8"
 THRESHOLD_COLOR = "#e76f51"
 PALETTE = ["#264653", "#e76f51", "#2a9d8f", "#e9c46a", "#8ab17d", "#6d597a", "#f4a261",
            "#457b9d", "#b5838d", "#3d405b"]
+
+
+def mark_x(fig, x: float, text: str, log_x: bool, side: str = "right", **line) -> None:
+    """A vertical line at data ``x`` labelled ``text`` at the top, on its ``side``.
+
+    Plotly places a shape on a log axis at ``x`` but an annotation at ``log10(x)``, so
+    ``add_vline(annotation_text=...)`` on a log axis puts the label at 10^x and autorange
+    stretches the axis to it (x = 32 tokens: an axis running to 10^32). The label is added
+    here in the axis' own coordinates instead.
+    """
+    fig.add_vline(x=x, **line)
+    fig.add_annotation(x=math.log10(x) if log_x else x, xref="x", y=1, yref="paper", text=text,
+                       showarrow=False, yanchor="bottom", xanchor="left" if side == "right" else "right")
 
 
 class Exportable:

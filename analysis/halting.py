@@ -71,9 +71,17 @@ def plot_halting(data: HaltingData, epsilon: float):
     i = data.index_of(epsilon)
     tokens = np.arange(1, data.num_tokens + 1)
     fig = go.Figure()
-    for name, mask, color in (("kept", data.keep[i], KEPT_COLOR), ("halted", ~data.keep[i], HALTED_COLOR)):
+    groups = (("kept", data.keep[i], KEPT_COLOR), ("halted", ~data.keep[i], HALTED_COLOR))
+    hover = "token %{x}<br>p(halt) = %{y:.3f}<extra>%{fullData.name}</extra>"
+    for name, mask, color in groups:
         fig.add_trace(go.Bar(x=tokens[mask], y=data.probs[i][mask], name=name, marker_color=color,
-                             hovertemplate="token %{x}<br>p(halt) = %{y:.3f}<extra>" + name + "</extra>"))
+                             legendgroup=name, hovertemplate=hover))
+    # A point on each bar (traces 2, 3): a kept token with p(halt) ~ 0.001 draws no visible
+    # bar, and a plot where every token is kept would otherwise look empty.
+    for name, mask, color in groups:
+        fig.add_trace(go.Scatter(x=tokens[mask], y=data.probs[i][mask], mode="markers", name=name,
+                                 legendgroup=name, showlegend=False, hovertemplate=hover,
+                                 marker=dict(color=color, size=7, line=dict(color="#264653", width=1))))
     fig.add_hline(y=data.threshold, line_dash="dash", line_color=THRESHOLD_COLOR,
                   annotation_text=f"threshold {data.threshold:g}", annotation_position="top left")
     fig.update_layout(

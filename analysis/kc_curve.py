@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 from torch import Tensor
 
-from analysis._common import PALETTE, THRESHOLD_COLOR, Exportable, encode_many
+from analysis._common import PALETTE, THRESHOLD_COLOR, Exportable, encode_many, mark_x
 from karl.config import LOSS_BINS
 
 
@@ -86,8 +86,8 @@ def plot_kc_curve(curve: KCCurve, mark_epsilon: float | None = None, names: list
                                          line=dict(shape="hv", width=1, color=PALETTE[(i + 1) % len(PALETTE)])))
         title = f"KC-hat vs epsilon over {kc.shape[0]} images"
     if mark_epsilon is not None:
-        fig.add_vline(x=float(mark_epsilon), line_dash="dash", line_color=THRESHOLD_COLOR,
-                      annotation_text=f"epsilon = {mark_epsilon:g}")
+        mark_x(fig, float(mark_epsilon), f"epsilon = {mark_epsilon:g}", log_x=True, line_dash="dash",
+               line_color=THRESHOLD_COLOR)
     lo, hi = np.log10(eps.min()), np.log10(eps.max())
     ticks = [t for t in (0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.38) if eps.min() <= t <= eps.max()]
     fig.update_xaxes(range=[lo - 0.08, hi + 0.08], tickvals=ticks or None)

@@ -40,7 +40,8 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor
 
-from analysis._common import PALETTE, THRESHOLD_COLOR, Exportable, check_images, chunks, default_token_counts
+from analysis._common import (PALETTE, THRESHOLD_COLOR, Exportable, check_images, chunks, default_token_counts,
+                              mark_x)
 
 __all__ = ["ProgressiveData", "TokenMaps", "compute_progressive", "compute_token_maps",
            "plot_progressive", "plot_progressive_strip", "plot_token_map", "plot_token_maps",
@@ -354,10 +355,18 @@ def plot_progressive(pg: ProgressiveData):
                              hovertemplate="%{x} tokens: %{y:.2f} dB<extra></extra>"))
     fig.add_hline(y=pg.epsilon, line_dash="dash", line_color=THRESHOLD_COLOR,
                   annotation_text=f"epsilon {pg.epsilon:g}", annotation_position="top right")
-    fig.add_vline(x=max(pg.kc_hat, 1), line_dash="dot", line_color="#555",
-                  annotation_text=f"KC-hat {pg.kc_hat}", annotation_position="top left")
+    # Token counts 1, 2, 4, ... on a log axis ticked at the counts themselves, its range set
+    # from the data; linear when a count is 0 (an empty program).
+    counts = pg.num_tokens.astype(np.float64)
+    log_x = bool(counts.min() >= 1)
+    hi = max(float(counts.max()), pg.kc_hat, 1.0)
+    xrange = ([np.log10(max(counts.min(), 1)) - 0.08, np.log10(hi) + 0.08] if log_x
+              else [-0.05 * hi - 0.5, hi * 1.05 + 0.5])
+    mark_x(fig, max(pg.kc_hat, 1), f"KC-hat {pg.kc_hat}", log_x, side="left", line_dash="dot",
+           line_color="#555")
     fig.update_layout(title=f"Progressive decoding of the program (epsilon bin {pg.epsilon_bin:g})",
-                      xaxis=dict(title="program tokens decoded (first n kept)", type="log"),
+                      xaxis=dict(title="program tokens decoded (first n kept)", type="log" if log_x else "linear",
+                                 range=xrange, tickvals=[int(c) for c in counts]),
                       yaxis=dict(title="pixel L1", rangemode="tozero"),
                       yaxis2=dict(title="PSNR (dB)", overlaying="y", side="right", showgrid=False),
                       template="plotly_white", legend_orientation="h", legend_y=-0.2)
@@ -456,7 +465,9 @@ def plot_map_agreement(tm: TokenMaps):
     fig = go.Figure(go.Bar(x=tm.tokens + 1, y=r, marker_color=PALETTE[0],
                            hovertemplate="token %{x}: r = %{y:.3f}<extra></extra>"))
     fig.add_hline(y=0, line_color="#888", line_width=1)
-    fig.update_layout(title=(f"Removal vs attention maps: median Spearman r {np.nanmedian(r) if np.isfinite(r).any() else float('nan'):.2f}; "
+    med = np.nanmedian(r) if np.isfinite(r).any() else float("nan")
+    # Two short lines: one long line overflowed a half-width plot (issue 25).
+    fig.update_layout(title=(f"Removal vs attention maps: median Spearman r {med:.2f}<br>"
                              f"argmax token agrees on {same:.0%} of grid cells"),
                       xaxis_title="token (1-based)", yaxis_title="Spearman r", yaxis_range=[-1, 1],
                       template="plotly_white")

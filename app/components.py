@@ -9,7 +9,12 @@ one-line message instead of Gradio's generic error.
   with a bare ``ValueError``; the app's rule is "above the trained range: use its end,
   with a notice; not a finite number: a clear error".
 
-Each renders with the stock frontend (``is_template``). Gradio's component metaclass
+- :class:`KarlBlocks`: ``gr.Blocks`` whose refusal of a file the app did not receive as an
+  upload (an API call whose FileData names ``/etc/passwd``) says so: Gradio refuses it
+  before any component sees the input, and with ``show_error=False`` it answered
+  ``{"error": null}``.
+
+Each component renders with the stock frontend (``is_template``). Gradio's component metaclass
 writes a ``.pyi`` stub next to the module defining any component subclass (into the
 source tree, on every start); :func:`_no_stub_files` switches that off while these
 classes are created.
@@ -22,7 +27,10 @@ from typing import Any
 
 import gradio as gr
 
-__all__ = ["SafeImage", "SafeSlider", "SafeNumber"]
+__all__ = ["SafeImage", "SafeSlider", "SafeNumber", "KarlBlocks", "REFUSED_PATH"]
+
+REFUSED_PATH = ("Refused a file path: the app reads only files uploaded to it (with gradio_client, "
+                "pass handle_file(path), which uploads the file).")
 
 
 @contextlib.contextmanager
@@ -73,3 +81,15 @@ with _no_stub_files():
 
         def preprocess(self, payload: Any) -> Any:
             return payload
+
+
+class KarlBlocks(gr.Blocks):
+    """``gr.Blocks`` that answers a refused file path with :data:`REFUSED_PATH` (no path echoed
+    back, nothing said about whether it exists on the server)."""
+
+    async def preprocess_data(self, *args, **kwargs):
+        from gradio.exceptions import InvalidPathError
+        try:
+            return await super().preprocess_data(*args, **kwargs)
+        except InvalidPathError:
+            raise gr.Error(REFUSED_PATH, print_exception=False) from None

@@ -33,7 +33,7 @@ from karl.data.images import ImageLoadError, load_image, preprocess
 
 __all__ = ["InputError", "PreparedImage", "TokenizeResult", "LRUCache",
            "prepare_image", "base_grid", "halting_sweep", "tokenize", "complexity_json",
-           "error_heatmap", "to_display", "check_request", "clear_caches",
+           "error_heatmap", "to_display", "check_request", "check_count", "clear_caches",
            "MAX_SIDE", "MAX_UPLOAD_MB", "ERROR_VMAX", "DISPLAY_SIZE"]
 
 MAX_SIDE = 2048          # longer side of an upload after loading (bigger ones are downscaled)
@@ -133,16 +133,17 @@ _MODE_NOTES = {
 
 def _peek(src: Any) -> tuple[str | None, tuple[int, int] | None, bool]:
     """(mode, size, has transparency) from the header only; (None, None, False) if unreadable."""
+    import io
+    import warnings
     try:
-        if isinstance(src, Image.Image):
-            return src.mode, src.size, "transparency" in src.info
-        if isinstance(src, (str, Path)):
-            with Image.open(src) as im:
-                return im.mode, im.size, "transparency" in im.info
-        if isinstance(src, (bytes, bytearray)):
-            import io
-            with Image.open(io.BytesIO(src)) as im:
-                return im.mode, im.size, "transparency" in im.info
+        with warnings.catch_warnings():  # load_image's own size guard words the refusal
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            if isinstance(src, Image.Image):
+                return src.mode, src.size, "transparency" in src.info
+            if isinstance(src, (str, Path, bytes, bytearray)):
+                fp = io.BytesIO(src) if isinstance(src, (bytes, bytearray)) else src
+                with Image.open(fp) as im:
+                    return im.mode, im.size, "transparency" in im.info
     except Exception:  # load_image raises the clear error below
         pass
     return None, None, False
@@ -256,15 +257,24 @@ def check_request(model, epsilon: Any, budget: Any) -> tuple[float, int, list[st
     k_max = int(model.max_tokens)
     if budget is None or (isinstance(budget, str) and not budget.strip()):
         return eps, k_max, notices
-    k = _finite_number(budget, "budget", f"of tokens between 1 and {k_max}")
+    k, more = check_count(budget, "budget", k_max, "tokens",
+                          f"the {k_max} tokens this model was trained to halt within")
+    return eps, k, notices + more
+
+
+def check_count(value: Any, what: str, k_max: int, unit: str, above: str) -> tuple[int, list[str]]:
+    """An integer count in [1, ``k_max``] by the app's one rule -> (count, notices).
+
+    Above ``k_max``: ``k_max``, with the notice "<what> <value> is above <above>; using
+    <k_max>". Below 1, NaN, infinity or not a number: InputError in one line.
+    """
+    k = _finite_number(value, what, f"of {unit} between 1 and {k_max}")
     if k < 0.5:
-        raise InputError(f"budget must be between 1 and {k_max} tokens, got {k:g}")
+        raise InputError(f"{what} must be between 1 and {k_max} {unit}, got {k:g}")
     k = int(round(k))
     if k > k_max:
-        notices.append(f"budget {k} is above the {k_max} tokens this model was trained to halt "
-                       f"within; using {k_max}")
-        k = k_max
-    return eps, k, notices
+        return k_max, [f"{what} {k} is above {above}; using {k_max}"]
+    return k, []
 
 
 def epsilon_bin(model, epsilon: float) -> tuple[int, float]:

@@ -9,7 +9,6 @@ queue (bounded) holds the rest.
 
 from __future__ import annotations
 
-import functools
 import html
 import logging
 import shutil
@@ -23,19 +22,22 @@ import numpy as np
 
 from app import inference as inf
 from app.batch import batch_tokenize, download_dir, new_download_dir, write_csv
-from app.components import SafeImage, SafeNumber, SafeSlider
+from app.components import KarlBlocks, SafeImage, SafeNumber, SafeSlider
+from app.figures import fit_figure as _fit_figure
+from app.figures import placeholder_figure as _placeholder_figure
 
 log = logging.getLogger("karl.app")
 
 EXAMPLES_DIR = Path(__file__).resolve().parent.parent / "assets" / "examples"
-QUEUE_MAX_SIZE = 16          # waiting requests beyond this are refused ("queue full")
+QUEUE_MAX_SIZE = 64          # waiting requests beyond this are refused ("queue full"); app.py --queue-size
 MAX_ANALYSIS_IMAGES = 48     # images per analysis run / report
 CONCURRENCY_ID = "model"     # every event that runs the model
 _NO_IMAGE = "Upload an image, paste one from the clipboard or pick an example."
 CSS = """
 #kc-hat input, #kc-hat textarea {font-size: 1.6em; font-weight: bold}
 .karl-banner {border: 2px solid #e76f51; border-radius: 8px; padding: 4px 12px; background: #fff4ef}
-#notices .karl-error {color: #b42318; font-weight: 600}
+.karl-error {color: #b42318; font-weight: 600}
+#input-image img, #tokens-image img {object-fit: contain}
 """
 _INTRO = """# KARL studio
 Single-pass adaptive image tokenization ([arXiv 2507.07995](https://arxiv.org/abs/2507.07995)):
@@ -143,20 +145,6 @@ def tokenize_page(model, image: Any, epsilon: Any, budget: Any) -> tuple:
         out = _empty_outputs(f'<span class="karl-error">{html.escape(str(err.message))}</span>')
     as_text = ["" if v is None else str(v) for v in out[1:3]]  # the page shows them in text boxes
     return (out[0], *as_text, *out[3:])
-
-
-def _fit_figure(fig, max_legend_rows: int = 6):
-    """Keep a plotly figure readable in a half-width column: a short title, and a legend
-    that moves to the right in small type when it would otherwise take rows of the plot."""
-    fig.update_layout(title_font_size=14, margin=dict(l=50, r=20, t=50, b=50))
-    entries = [t for t in fig.data if t.showlegend is not False and t.name]
-    if len(entries) > max_legend_rows:
-        fig.update_layout(legend=dict(orientation="v", x=1.02, y=1, xanchor="left", yanchor="top",
-                                      font_size=10), margin_r=150)
-        for t in entries:
-            if len(t.name) > 20:
-                t.update(name=t.name[:18] + "…")
-    return fig
 
 
 def complexity_view(model, image: Any, epsilon: float, budget: float) -> dict:
@@ -291,22 +279,6 @@ def report_view(model, source: str, files, epsilon: float, model_desc: str, prog
 
 # ----------------------------------------------------------------------------- layout
 
-@functools.lru_cache(maxsize=1)
-def _placeholder_figure():
-    """An empty plot shown before the first result. Rendering one at page load also loads
-    the plotting library then, so later the plots arrive together with the numbers.
-    Built once per process (plotly figures are slow to build) and never mutated."""
-    import plotly.graph_objects as go
-
-    fig = go.Figure()
-    fig.update_layout(template="plotly_white", height=320, xaxis_visible=False, yaxis_visible=False,
-                      margin=dict(l=20, r=20, t=20, b=20),
-                      annotations=[dict(text="appears once an image is tokenized", showarrow=False,
-                                        x=0.5, y=0.5, xref="paper", yref="paper",
-                                        font=dict(color="#888", size=14))])
-    return fig
-
-
 @dataclass(frozen=True)
 class TokenizeTab:
     """The Tokenize tab's visible components that its events read and write."""
@@ -318,8 +290,9 @@ class TokenizeTab:
 
 def _tokenize_controls(c, bins: list[float], examples: list[str]) -> tuple:
     """The Tokenize tab's left column: image, epsilon, budget, notices, examples."""
-    image = SafeImage(type="filepath", image_mode=None, sources=["upload", "clipboard"],
-                      label="Image", height=300, elem_id="input-image")
+    image = SafeImage(type="filepath", image_mode=None, sources=["upload", "clipboard"],  # shown whole
+                      label=f"Image (the model sees its centre square at {c.image_size}x{c.image_size})",
+                      height=300, elem_id="input-image")
     epsilon = SafeSlider(bins[0], bins[-1], value=0.05, step=0.005, label="epsilon",
                         info="target pixel L1; rounded up to the next loss bin "
                              f"({', '.join(f'{b:g}' for b in bins)})",
@@ -342,7 +315,8 @@ def _tokenize_layout(c, bins: list[float], examples: list[str]) -> TokenizeTab:
         with gr.Column(scale=2, min_width=300):
             image, epsilon, budget, notices = _tokenize_controls(c, bins, examples)
         with gr.Column(scale=3, min_width=400):
-            slider = gr.ImageSlider(label="original | reconstruction", type="numpy", height=360, format="png",
+            slider = gr.ImageSlider(label="model input (centre square) | reconstruction", type="numpy",
+                                    height=360, format="png", elem_id="result-slider",
                                     buttons=["download", "fullscreen"], interactive=False)
             with gr.Row():
                 # Text boxes, empty with a hint until there is a result: gr.Number's
@@ -428,7 +402,7 @@ def _batch_tab(model, bins: list[float], run_model: dict) -> None:
                     api_visibility="private", **run_model)
 
 
-def _analysis_tab(model, bins: list[float], run_model: dict, card_text: str) -> None:
+def _analysis_tab(model, bins: list[float], run_model: dict, card_text: str, server_paths: bool) -> None:
     """Analyses of an image set (plots, HTML report) and the human-complexity panel."""
     with gr.Tab("Analysis"):
         with gr.Row():
@@ -462,29 +436,34 @@ def _analysis_tab(model, bins: list[float], run_model: dict, card_text: str) -> 
                        inputs=[a_source, a_files, a_eps], outputs=[a_file, a_status],
                        api_visibility="private", **run_model)
         from app.human import build_human_panel  # issue 14: KC-hat vs Savoias human scores
-        build_human_panel(model, run_model)
+        build_human_panel(model, run_model, server_paths)
 
 
 def build_demo(model, examples_dir: str | Path | None = EXAMPLES_DIR, banner: str | None = None,
-               loaded_from: str = "model") -> gr.Blocks:
-    """The app around ``model`` (a KARL in eval mode). Launch with :func:`launch_demo`."""
+               loaded_from: str = "model", queue_size: int = QUEUE_MAX_SIZE,
+               server_paths: bool = False) -> gr.Blocks:
+    """The app around ``model`` (a KARL in eval mode). Launch with :func:`launch_demo`.
+
+    ``queue_size``: waiting requests beyond it are refused ("queue full"), a bound on memory.
+    ``server_paths``: whether the human panel reads folders on the server (app.py turns it on
+    only for a loopback host without --share, or with --allow-server-paths)."""
     model.eval()
     bins = list(model.config.loss_bins)
     examples = sorted(str(p) for p in Path(examples_dir).glob("*.png")) if examples_dir else []
     run_model = dict(concurrency_id=CONCURRENCY_ID, concurrency_limit=1)
 
-    with gr.Blocks(title="KARL studio", delete_cache=(1800, 3600)) as demo:
+    with KarlBlocks(title="KARL studio", delete_cache=(1800, 3600)) as demo:
         gr.Markdown(_INTRO)
         if banner:
             gr.Markdown(f"⚠️ {banner}", elem_classes=["karl-banner"], elem_id="model-banner")
         gr.Markdown(_model_card(model, loaded_from), elem_id="model-card")
         _tokenize_tab(model, bins, examples, run_model)
         _batch_tab(model, bins, run_model)
-        _analysis_tab(model, bins, run_model, _model_card(model, loaded_from, markdown=False))
+        _analysis_tab(model, bins, run_model, _model_card(model, loaded_from, markdown=False), server_paths)
         from app.tokens_tab import build_tokens_tab  # issue 17: what each token encodes
         build_tokens_tab(model, run_model, examples)
 
-    demo.queue(default_concurrency_limit=1, max_size=QUEUE_MAX_SIZE)
+    demo.queue(default_concurrency_limit=1, max_size=int(queue_size))
     return demo
 
 

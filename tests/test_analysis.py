@@ -70,7 +70,12 @@ def test_halting_shapes_ranges_and_figures(model, images):
     np.testing.assert_allclose(h.probs[LOSS_BINS.index(0.05)], enc.halting_probs[0].numpy(), atol=1e-5)
 
     fig = A.plot_halting(h, 0.05)
-    assert len(fig.data) == 2 and sum(len(t.y) for t in fig.data) == k
+    assert len(fig.data) == 4 and sum(len(t.y) for t in fig.data[:2]) == k
+    # Issue 25: every token kept with p(halt) ~ 0.001 drew invisible bars: the points show.
+    every = A.HaltingData(epsilons=h.epsilons, probs=np.full_like(h.probs, 1e-3), keep=np.ones_like(h.keep),
+                          threshold=0.75, kc_hat=np.full(e, k), continuous_kc=np.full(e, k * 0.999))
+    dots = A.plot_halting(every, 0.05).data[2]
+    assert dots.mode == "markers" and list(dots.x) == list(range(1, k + 1)) and dots.marker.size >= 6
     assert any(s.line.dash == "dash" and s.y0 == 0.75 for s in fig.layout.shapes)
     heat = A.plot_halting_heatmap(h)
     assert np.asarray(heat.data[0].z).shape == (e, k) and len(heat.data) == 2
@@ -93,6 +98,10 @@ def test_kc_curve_batched_equals_unbatched(model, images):
     one = A.plot_kc_curve(A.compute_kc_curve(model, images[0], eps), mark_epsilon=0.05)
     assert len(one.data) == 2 and list(one.data[0].y) == list(c.kc_hat[0])
     assert any(sh.x0 == 0.05 for sh in one.layout.shapes)
+    # The label sits in the log axis' own coordinates (log10), not at 10^0.05.
+    lo, hi = one.layout.xaxis.range
+    assert [a.x for a in one.layout.annotations if "epsilon =" in a.text] == [pytest.approx(np.log10(0.05))]
+    assert lo <= np.log10(0.05) <= hi
     many = A.plot_kc_curve(c, names=[f"im{i}" for i in range(5)])
     assert many.data[1].fill == "tonexty" and np.allclose(many.data[2].y, c.kc_hat.mean(0))
     assert len(many.data) == 3 + 5

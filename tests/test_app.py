@@ -536,7 +536,8 @@ def test_client_complexity_monotone_and_errors(client, tmp_path):
     flat = handle_file(str(EXAMPLES / "04_procedural_flat_15bits.png"))
     out = c.predict(flat, 0.05, 16, api_name="/tokenize")
     assert len(out) == 9 and isinstance(out[1], (int, float)) and out[7]["kc_hat"] == out[1]
-    assert demo._queue.max_size == 16
+    from app.ui import QUEUE_MAX_SIZE
+    assert demo._queue.max_size == QUEUE_MAX_SIZE
 
 
 def test_client_one_rule_for_out_of_range(client):

@@ -9,6 +9,7 @@ rest of the app's tests.
 from __future__ import annotations
 
 import importlib.util
+import json
 from pathlib import Path
 
 import pytest
@@ -59,3 +60,118 @@ def test_app_refuses_a_release_with_a_nan_weight(tmp_path):
         M.load_app_model(rel)
     msg = str(err.value)
     assert "\n" not in msg and "model.safetensors" in msg and name in msg and "non-finite" in msg
+
+
+# ----------------------------------------------------------------------------- smaller things
+
+@pytest.fixture(scope="module")
+def model():
+    from app.demo_model import build_monotone_model
+    return build_monotone_model("tiny").eval()
+
+
+def _png_header(w: int, h: int) -> bytes:
+    """A PNG whose header claims w x h pixels (PIL opens it lazily: no pixels are allocated)."""
+    import struct
+    import zlib
+    chunk = lambda t, d: struct.pack(">I", len(d)) + t + d + struct.pack(">I", zlib.crc32(t + d))  # noqa: E731
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b""))
+
+
+def test_both_image_bomb_guards_word_the_refusal_alike(tmp_path):
+    """Ours (> 100 MP) and PIL's (> 179 MP, raised at open) gave two wordings."""
+    from app import inference as inf
+    msgs = []
+    for w, h in ((12_000, 9_000), (20_000, 20_000)):
+        path = tmp_path / f"big_{w}.png"
+        path.write_bytes(_png_header(w, h))
+        with pytest.raises(inf.InputError) as err:
+            inf.prepare_image(str(path), 32)
+        msgs.append(str(err.value))
+    assert msgs[0] == f"Cannot read big_12000.png: 12000x9000 = 108 MP exceeds the limit of 100 MP " \
+                      "(a guard against decompression bombs)"
+    assert msgs[1] == "Cannot read big_20000.png: 400 MP exceeds the limit of 100 MP (a guard against " \
+                      "decompression bombs)"
+
+
+def test_server_paths_only_for_a_local_app(model, monkeypatch):
+    mod = _app_main()
+    assert mod.server_paths_allowed("127.0.0.1", False, False) and mod.server_paths_allowed("localhost", False, False)
+    assert not mod.server_paths_allowed("0.0.0.0", False, False)
+    assert not mod.server_paths_allowed("127.0.0.1", True, False)   # --share: public link
+    assert mod.server_paths_allowed("0.0.0.0", True, True)
+    a = mod.parse_args(["--host", "0.0.0.0", "--allow-server-paths", "--queue-size", "8"])
+    assert a.allow_server_paths and a.queue_size == 8
+    with pytest.raises(SystemExit):
+        mod.parse_args(["--queue-size", "0"])
+    from app import ui
+    monkeypatch.setenv("KARL_SAVOIAS_DIR", "/secret/Savoias")
+    for allowed in (False, True):
+        demo = ui.build_demo(model, examples_dir=None, server_paths=allowed, queue_size=5)
+        field = next(b for b in demo.blocks.values() if getattr(b, "elem_id", None) == "human-folder")
+        assert field.interactive is allowed and (field.value == "/secret/Savoias") is allowed
+        notes = [b for b in demo.blocks.values() if getattr(b, "elem_id", None) == "human-off"]
+        assert bool(notes) is not allowed
+        assert demo._queue.max_size == 5
+        # Empty human tables are hidden (an empty Dataframe shows the headers "1 2 3").
+        tables = [b for b in demo.blocks.values()
+                  if getattr(b, "elem_id", None) in ("human-spearman", "human-pearson", "human-by-epsilon")]
+        assert len(tables) == 3 and not any(t.visible for t in tables)
+        # The inputs say what the model sees, and are shown whole.
+        labels = [b.label for b in demo.blocks.values()
+                  if getattr(b, "elem_id", None) in ("input-image", "tokens-image")]
+        assert labels == ["Image (the model sees its centre square at 32x32)"] * 2
+    assert "#input-image img, #tokens-image img {object-fit: contain}" in ui.CSS
+
+
+# ----------------------------------------------------------------------------- launched app
+
+@pytest.fixture(scope="module")
+def served(model):
+    from app import ui
+    demo = ui.build_demo(model, examples_dir=None, loaded_from="tiny-monotone")
+    _, url, _ = ui.launch_demo(demo, port=None, prevent_thread_lock=True, quiet=True)
+    try:
+        yield url, demo
+    finally:
+        demo.close()
+
+
+def test_filedata_outside_the_uploads_is_refused_with_a_message(served):
+    """A FileData naming /etc/passwd answered {"error": null}; now the app's one line."""
+    import httpx
+
+    from app.components import REFUSED_PATH
+    url, _ = served
+    for path in ("/etc/passwd", "/no/such/file.png"):
+        r = httpx.post(f"{url}gradio_api/call/complexity", timeout=30,
+                       json={"data": [{"path": path, "meta": {"_type": "gradio.FileData"}}, 0.05, 16]})
+        event = r.json()["event_id"]
+        with httpx.stream("GET", f"{url}gradio_api/call/complexity/{event}", timeout=60) as s:
+            lines = [line for line in s.iter_lines() if line.startswith("data:")]
+        payload = json.loads(lines[-1][5:])
+        assert payload["error"] == REFUSED_PATH and path not in payload["error"], payload
+
+
+def test_fifty_requests_at_once_are_all_answered(served, tmp_path):
+    """50 concurrent /complexity requests: 10-32 of them got "Queue is full!" with the
+    old queue of 16; the default now holds them (docs/APP.md has the measured figures)."""
+    import numpy as np
+    from gradio_client import Client, handle_file
+    from PIL import Image
+
+    url, demo = served
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(50):
+        paths.append(tmp_path / f"{i}.png")
+        Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(paths[-1])
+    client = Client(url, verbose=False, max_workers=50)
+    try:
+        jobs = [client.submit(handle_file(str(p)), 0.05, 16, api_name="/complexity") for p in paths]
+        answers = [job.result(timeout=300) for job in jobs]
+    finally:
+        client.close()
+    assert len(answers) == 50 and all(isinstance(a["kc_hat"], int) for a in answers)
+    assert demo._queue.max_size >= 50

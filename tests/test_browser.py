@@ -8,7 +8,10 @@ CPU-throttled client, E2E_CPU_THROTTLE, default 2x),
 the epsilon slider moved to its maximum (the token count changes), a file that is not an
 image (outputs cleared, the error shown once, no toast), and a good upload again. The demo
 model's token count falls with epsilon by construction (app/demo_model.py), so the change is
-guaranteed. Starting the app must not write into the source tree (Gradio's ``.pyi`` stubs).
+guaranteed. Then the Tokens tab at 1400 px (issue 25): the error-vs-tokens axis spans the
+token counts, every gallery tile, caption and plot title fits, epsilon 0.5 typed is clamped
+with a notice (no toast), and a wide upload is previewed whole. Starting the app must not
+write into the source tree (Gradio's ``.pyi`` stubs).
 
 Needs ``/usr/bin/chromium`` (apt-get install chromium), ``node`` and
 ``npm ci --prefix tests/browser``; skips with the reason otherwise. Screenshots go to
@@ -28,6 +31,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 pytestmark = pytest.mark.browser
 
@@ -89,7 +93,13 @@ def test_browser_upload_and_slider(tmp_path):
         _wait_up(url, proc)
         bad = tmp_path / "holiday.png"
         bad.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(64))  # a PNG signature, then nothing decodable
-        run = subprocess.run(["node", "e2e.mjs", url, str(EXAMPLE), str(bad), str(out_dir)], cwd=BROWSER_DIR,
+        wide = tmp_path / "panorama.png"   # red | green | blue bands: cropped sides would lose a colour
+        bands = [Image.new("RGB", (300, 300), c) for c in ("red", "green", "blue")]
+        canvas = Image.new("RGB", (1800, 300), "green")
+        canvas.paste(bands[0], (0, 0))
+        canvas.paste(bands[2], (1500, 0))
+        canvas.save(wide)
+        run = subprocess.run(["node", "e2e.mjs", url, str(EXAMPLE), str(bad), str(out_dir), str(wide)], cwd=BROWSER_DIR,
                              capture_output=True, text=True, timeout=600,
                              env={**os.environ, "CHROMIUM_PATH": CHROMIUM})
     finally:
@@ -109,7 +119,9 @@ def test_browser_upload_and_slider(tmp_path):
     assert result["kc_before"] != result["kc_after"], result
     assert int(result["kc_after"]) <= int(result["kc_before"]), "a looser epsilon kept more tokens"
     assert result["after_bad"]["error_mentions"] == 1 and result["after_bad"]["toasts"] == 0, result["after_bad"]
-    for shot in ("00_first_view", "01_example_loaded", "02_epsilon_moved", "03_bad_file", "04_reuploaded"):
+    for shot in ("00_first_view", "01_example_loaded", "02_epsilon_moved", "03_bad_file", "04_reuploaded",
+                 "05_tokens_tab"):
         assert (out_dir / f"{shot}.png").stat().st_size > 10_000, shot
+    assert (out_dir / "06_wide_input.png").stat().st_size > 2_000   # one element: three flat bands
     assert not result["page_errors"], result["page_errors"]
     assert sorted((ROOT / "app").glob("*.pyi")) == stubs_before, "starting the app wrote into app/"

@@ -189,7 +189,7 @@ def test_app_handler_returns_strip_and_maps(model):
     out = tt.tokens_view(model, path, 0.05, 5)
     strip, curve, maps, seg, pick, picked, agree, status = out
     k = int(model.encode(tt.inf.prepare_image(path, 32).tensor[None], 0.05).kc_hat[0])
-    assert strip[0][1] == "original" and strip[-1][1].startswith(f"{k} tokens")
+    assert strip[0][1] == "original" and strip[-1][1].startswith(f"{k} tok · L1 ")
     assert all(img.shape == (256, 256, 3) and img.dtype == np.uint8 for img, _ in strip)
     assert len(maps) == min(5, k) and maps[0][0].ndim == 3 and seg.shape == (256, 256, 3)
     assert len(pick["choices"]) == len(maps) and pick["value"] == 0
@@ -230,3 +230,42 @@ def test_report_section(model, image, tmp_path):
     assert "Program prefixes decoded" in body and "argmax token" in body and "6 of 16 kept tokens mapped" in body
     assert [p.name for p in saved] == ["tokens_progressive.csv", "token_maps.csv"]
     assert "7. What each token encodes" in report.SECTIONS.values()
+
+
+def test_error_curve_axis_spans_the_token_counts(model, image):
+    """Issue 25: the KC-hat label sat at x = 16 on a log axis, i.e. 10^16, so the axis ran to
+    10^30 and the data filled its left 5%. The axis now spans the counts, ticked at them."""
+    pg = T.compute_progressive(model, image, epsilon=0.05, num_tokens=[1, 2, 4, 8, 16])
+    fig = T.plot_progressive(pg)
+    ax = fig.layout.xaxis
+    assert ax.type == "log" and list(ax.tickvals) == [1, 2, 4, 8, 16]
+    lo, hi = ax.range
+    assert 10 ** lo <= 1 and 16 <= 10 ** hi <= 16 * 1.5, ax.range
+    label = next(a for a in fig.layout.annotations if a.text.startswith("KC-hat"))
+    assert label.x == pytest.approx(np.log10(max(pg.kc_hat, 1))) and lo <= label.x <= hi
+    empty = T.plot_progressive(replace(pg, num_tokens=np.array([0]), l1=pg.l1[:1], psnr=pg.psnr[:1]))
+    assert empty.layout.xaxis.type == "linear"   # an empty program: no log of 0
+
+
+def test_tokens_tab_follows_the_one_rule(model):
+    """Issue 25: epsilon and cap follow the app's rule (clamp above with a notice; NaN, 0
+    tokens, text: one line in the status, every output cleared, no toast)."""
+    from app import tokens_tab as tt
+    from app.components import SafeSlider
+
+    path = str(EXAMPLES / "05_procedural_fractal_82bits.png")
+    eps, cap, notes = tt.check_tokens_request(model, 0.5, 1000)
+    assert (eps, cap) == (0.5, 256) and any("using 0.38" in n for n in notes)
+    assert any("token cap 1000 is above the 256 maps" in n for n in notes)
+    assert tt.check_tokens_request(model, 0, "3")[:2] == (0.0, 3)   # epsilon 0: the first bin
+    out = tt.tokens_page(model, path, 0.5, 4)
+    assert out[0] and "using 0.38" in out[7] and "karl-error" not in out[7]
+    for e, c, msg in (("nan", 4, "epsilon must be a finite number"), (0.05, 0, "token cap must be between 1"),
+                      ("abc", 4, "epsilon must be a number"), (0.05, float("inf"), "token cap must be a finite")):
+        out = tt.tokens_page(model, path, e, c)
+        assert out[0] == [] and out[1] is None and out[2] == [] and out[5] is None and out[6] is None
+        assert out[4]["choices"] == [] and 'class="karl-error"' in out[7] and msg in out[7], out[7]
+    from app import ui
+    demo = ui.build_demo(model, examples_dir=None)
+    sliders = [b for b in demo.blocks.values() if getattr(b, "elem_id", None) in ("tokens-epsilon", "tokens-cap")]
+    assert len(sliders) == 2 and all(isinstance(b, SafeSlider) and b.preprocess("nan") == "nan" for b in sliders)

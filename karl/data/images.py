@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import io
+import re
 import warnings
 from pathlib import Path
 from typing import BinaryIO, Union
@@ -34,7 +35,7 @@ class ImageLoadError(ValueError):
     """The input is missing, empty, not an image, corrupt or too large."""
 
 
-def _open(src: ImageInput) -> tuple[Image.Image, str]:
+def _open(src: ImageInput, max_pixels: int = MAX_PIXELS) -> tuple[Image.Image, str]:
     """Open (lazily) and name the source for error messages."""
     if isinstance(src, Image.Image):
         return src, "PIL image"
@@ -60,14 +61,23 @@ def _open(src: ImageInput) -> tuple[Image.Image, str]:
             return Image.open(fp), name
     except UnidentifiedImageError:
         raise ImageLoadError(f"{name}: not an image (unrecognised format)") from None
-    except Image.DecompressionBombError as err:
-        raise ImageLoadError(f"{name}: image too large ({err})") from None
+    except Image.DecompressionBombError as err:  # PIL's own guard (> 179 MP), in our words
+        hit = re.search(r"\((\d+) pixels\)", str(err))
+        raise ImageLoadError(_too_large(name, f"{_megapixels(int(hit.group(1)))}" if hit else "the image",
+                                        max_pixels)) from None
     except OSError as err:
         raise ImageLoadError(f"{name}: cannot open image ({err})") from None
 
 
 def _megapixels(n: int) -> str:
     return f"{n / 1e6:.0f} MP" if n >= 1e6 else f"{n:,} pixels"
+
+
+def _too_large(name: str, size: str, max_pixels: int) -> str:
+    """The one refusal of both guards (ours at ``max_pixels``, PIL's at open)."""
+    # No "pass max_pixels=" hint: this message reaches app users, who cannot pass it.
+    return (f"{name}: {size} exceeds the limit of {_megapixels(max_pixels)} "
+            "(a guard against decompression bombs)")
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:
@@ -103,12 +113,10 @@ def load_image(src: ImageInput, max_side: int | None = None, max_pixels: int = M
     Raises:
         ImageLoadError: missing, empty, unrecognised, corrupt or oversized input.
     """
-    img, name = _open(src)
+    img, name = _open(src, max_pixels)
     w, h = img.size
     if w * h > max_pixels:
-        # No "pass max_pixels=" hint: this message reaches app users, who cannot pass it.
-        raise ImageLoadError(f"{name}: {w}x{h} = {_megapixels(w * h)} exceeds the limit of "
-                             f"{_megapixels(max_pixels)} (a guard against decompression bombs)")
+        raise ImageLoadError(_too_large(name, f"{w}x{h} = {_megapixels(w * h)}", max_pixels))
     if w == 0 or h == 0:
         raise ImageLoadError(f"{name}: image has zero size {w}x{h}")
     try:

@@ -11,15 +11,20 @@
 //   2. moves the epsilon slider to its maximum: the token count changes;
 //   3. uploads BAD_FILE (not a decodable image): every output is cleared, the error is shown
 //      once, in the page, with no error toast;
-//   4. uploads EXAMPLE_IMAGE: results again, the error is gone.
+//   4. uploads EXAMPLE_IMAGE: results again, the error is gone;
+//   5. the Tokens tab at 1400 px: an example clicked, the error-vs-tokens axis spans the token
+//      counts (no ticks like 100k or 10B), every gallery tile and caption and every plot title
+//      fits its box; epsilon 0.5 typed: clamped with a notice in the status, no toast;
+//   6. WIDE_IMAGE uploaded there: the preview shows the whole image, the label says what the
+//      model sees.
 // Screenshots of each step go to OUT_DIR. Prints one JSON line; exits 1 on failure.
 import { chromium } from "playwright-core";
 import path from "node:path";
 import fs from "node:fs";
 
-const [url, image, badFile, outDir] = process.argv.slice(2);
-if (!url || !image || !badFile || !outDir) {
-  console.error("usage: node e2e.mjs URL EXAMPLE_IMAGE BAD_FILE OUT_DIR");
+const [url, image, badFile, outDir, wideImage] = process.argv.slice(2);
+if (!url || !image || !badFile || !outDir || !wideImage) {
+  console.error("usage: node e2e.mjs URL EXAMPLE_IMAGE BAD_FILE OUT_DIR WIDE_IMAGE");
   process.exit(2);
 }
 const executablePath = process.env.CHROMIUM_PATH || "/usr/bin/chromium";
@@ -150,6 +155,72 @@ try {
   check("recovers_after_bad_file", s.kc === result.kc_after && !(await text("#notices")).includes("Cannot read"),
         { kc: s.kc, notices: await text("#notices") });
   await page.screenshot({ path: path.join(outDir, "04_reuploaded.png"), fullPage: true });
+
+  // 5. The Tokens tab (issue 25): the plot's axis and the layout at 1400 px.
+  await cdp.send("Emulation.setCPUThrottlingRate", { rate: 1 });
+  await page.getByRole("tab", { name: "Tokens" }).click();
+  const tokensStatus = () => text("#tokens-status");
+  await page.locator("button.gallery-item").filter({ has: page.locator(`img[src*="${path.basename(image)}"]`) })
+    .last().click();
+  await page.waitForFunction(() => document.querySelector("#tokens-status")?.innerText.includes("token maps"),
+                             null, { timeout: 240_000 });
+  await page.waitForFunction(() => document.querySelectorAll("#tokens-curve .xtick text").length > 0 &&
+                             document.querySelectorAll("#tokens-maps .caption-label").length > 0);
+  await page.waitForTimeout(1000);
+  result.tokens = await page.evaluate(() => {
+    const box = (e) => e.getBoundingClientRect();
+    const inside = (a, b) => a.left >= b.left - 1 && a.right <= b.right + 1;
+    const ticks = [...document.querySelectorAll("#tokens-curve .xtick text")].map((t) => t.textContent.trim());
+    const tiles = [...document.querySelectorAll("#tokens-strip .thumbnail-item, #tokens-maps .thumbnail-item")];
+    const gallery = (t) => box(t.closest("#tokens-strip, #tokens-maps"));
+    const captions = [...document.querySelectorAll("#tokens-strip .caption-label, #tokens-maps .caption-label")];
+    const titles = [...document.querySelectorAll("#tokens-curve .gtitle, #tokens-agree .gtitle, #tokens-map .gtitle")];
+    return {
+      ticks,
+      tiles: tiles.length,
+      tiles_outside: tiles.filter((t) => !inside(box(t), gallery(t))).length,
+      captions_cut: captions.filter((c) => c.scrollWidth > c.clientWidth + 1).map((c) => c.textContent),
+      titles: titles.length,
+      titles_outside: titles.filter((t) => !inside(box(t), box(t.closest(".js-plotly-plot")))).map((t) => t.textContent),
+    };
+  });
+  const t5 = result.tokens;
+  check("tokens_axis_spans_the_counts", t5.ticks.length > 0 && t5.ticks.every((v) => /^\d+$/.test(v) && Number(v) <= 256),
+        t5.ticks);
+  check("tokens_galleries_fit", t5.tiles > 1 && t5.tiles_outside === 0 && t5.captions_cut.length === 0, t5);
+  check("tokens_titles_fit", t5.titles >= 2 && t5.titles_outside.length === 0, t5.titles_outside);
+  await page.screenshot({ path: path.join(outDir, "05_tokens_tab.png"), fullPage: true });
+  const epsBox = page.locator("#tokens-epsilon input[type=number]");
+  await epsBox.fill("0.5");
+  await epsBox.press("Enter");
+  await epsBox.blur();
+  // The slider's box may clamp to its maximum itself; if 0.5 reaches the server, the status
+  // says "using 0.38". Either way: results at the last bin, no toast, no "Error" badge.
+  await page.waitForFunction(() => document.querySelector("#tokens-status")?.innerText.includes("epsilon bin 0.38"),
+                             null, { timeout: 120_000 }).catch(() => {});
+  await page.waitForFunction(() => document.querySelectorAll(".pending").length === 0, null, { timeout: 60_000 });
+  await page.waitForTimeout(500);
+  result.tokens_clamped = { status: await tokensStatus(), toasts: await toasts(), box: await epsBox.inputValue(),
+                            error_badges: await page.evaluate(() => [...document.querySelectorAll(".error")]
+                              .filter((e) => e.offsetParent !== null && /Error/.test(e.innerText)).length) };
+  const c5 = result.tokens_clamped;
+  check("tokens_epsilon_above_range_is_clamped", c5.status.includes("epsilon bin 0.38") && c5.toasts === 0 &&
+        c5.error_badges === 0 && (c5.box === "0.38" || c5.status.includes("using 0.38")), c5);
+
+  // 6. A wide image: the preview shows all of it; the label says what the model sees.
+  await page.locator("#tokens-image button[aria-label='Remove Image']").first().click().catch(() => {});
+  await page.locator("#tokens-image input[type=file]").setInputFiles(wideImage);
+  await page.waitForSelector("#tokens-image img");
+  await page.waitForTimeout(1000);
+  result.wide = await page.evaluate(() => {
+    const img = document.querySelector("#tokens-image img");
+    const r = img.getBoundingClientRect(), b = document.querySelector("#tokens-image").getBoundingClientRect();
+    return { fit: getComputedStyle(img).objectFit, inside: r.left >= b.left - 1 && r.right <= b.right + 1,
+             label: document.querySelector("#tokens-image label")?.innerText ?? "" };
+  });
+  check("wide_image_shown_whole", ["contain", "scale-down"].includes(result.wide.fit) && result.wide.inside &&
+        result.wide.label.includes("the model sees"), result.wide);
+  await page.locator("#tokens-image").screenshot({ path: path.join(outDir, "06_wide_input.png") });
   result.page_errors = pageErrors;
   result.ok = Object.values(result.checks).every((v) => v === true);
 } catch (err) {
