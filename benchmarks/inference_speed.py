@@ -9,7 +9,10 @@ batch 1 (the plan karl/autoprecision.py measured on this machine, or its cached 
 decided before timing, and printed with its reason), and at batch 1 the fixed precisions
 auto chooses from: ``bf16`` guarded (where the CPU has native bf16, or on CUDA; ``--all``
 times it anyway), ``bf16`` without the guard (all of ``encode`` under autocast), ``int8``
-(the KARL decoder in dynamic int8, CPU). ``KARL_PRECISION_AUTO=probe`` measures auto again.
+(the KARL decoder in dynamic int8, CPU) and ``fp32 oneDNN`` (CPU: fp32 everywhere, through
+oneDNN's matmul for the transformers and channels-last convolutions; only the summation
+order differs, the encode side guarded with ROUNDING_MARGIN). ``KARL_PRECISION_AUTO=probe``
+measures auto again.
 
 Prints the CPU, a table (median seconds per image, speedup over fp32 batch 1, peak
 resident memory: CPU VmRSS sampled every 5 ms above the level before the variant, CUDA max
@@ -186,17 +189,20 @@ def build(a: argparse.Namespace, device: torch.device, fast: str) -> tuple[KARL,
     return model, x
 
 
-def variant_list(a: argparse.Namespace, device: torch.device) -> dict[str, tuple[str, int, bool]]:
-    """name -> (precision, batch, re-check): fp32 at batch 1 and B, auto, and every fixed
-    precision auto chooses from (bf16 where the hardware has it natively or on CUDA)."""
-    from karl import int8
-    from karl.precision import cpu_has_fast_bf16
+def variant_list(a: argparse.Namespace, device: torch.device) -> dict[str, tuple[object, int, bool]]:
+    """name -> (precision or Plan, batch, re-check): fp32 at batch 1 and B, auto, and the
+    options auto chooses from: bf16 (where the hardware has it natively, or on CUDA), int8,
+    and fp32 through other kernels (karl/kernels.py; oneDNN matmul, channels-last convs)."""
+    from karl import kernels
+    from karl.precision import Plan, cpu_has_fast_bf16
     v = {"fp32 batch 1": ("fp32", 1, True), f"fp32 batch {a.images}": ("fp32", a.images, True),
          "auto": ("auto", 1, True)}
     if device.type == "cuda" or cpu_has_fast_bf16() or a.all:
         v.update({"bf16 guarded": ("bf16", 1, True), "bf16 unguarded": ("bf16", 1, False)})
-    if device.type == "cpu" and int8.available():
+    if device.type == "cpu" and kernels.available("int8"):
         v["int8"] = ("int8", 1, True)
+    if device.type == "cpu" and kernels.available("onednn"):
+        v["fp32 oneDNN"] = (Plan("fp32cl", "onednn", "onednn", "fp32cl"), 1, True)
     return v
 
 
@@ -246,7 +252,7 @@ def report(model: KARL, x: torch.Tensor, a: argparse.Namespace, variants: dict, 
         recheck = f"{s['rechecked_images']}/{s['images']}" if "rechecked_images" in s else "-"
         print(f"| {name} | {med:.3f} | {base / med:.2f} | {memory[name] / 2**20:.0f} | "
               f"{int((keep == ref_keep).all(-1).sum())}/{len(keep)} | {int((keep != ref_keep).sum())} | "
-              f"{(probs - ref_probs).abs().max().item():.4f} | {diff.max().item():.4f} | "
+              f"{(probs - ref_probs).abs().max().item():.1e} | {diff.max().item():.4f} | "
               f"{diff.mean().item():.5f} | {recheck} |")
     set_precision(model, "auto")
     model.precision_stats = stats["auto"]

@@ -4,16 +4,18 @@ A CPU flag does not tell whether bf16 pays: on a Xeon with ``avx512_bf16`` but n
 stage of ``small`` ran slower in bf16 than in fp32 (docs/OFFICIAL.md section 8). So ``auto``
 on CPU times the model's own stages once, per option, and keeps for each stage the fastest
 option that takes under :data:`MARGIN` of the time of every more exact option (fp32,
-fp32cl, bf16, int8 in that order: a noisy probe must not pick a slower or a less exact path
-for a tie):
+fp32cl, onednn, bf16, int8 in that order: a noisy probe must not pick a slower or a less
+exact path for a tie):
 
-- ``base_encode``: ``fp32`` or ``bf16`` (guarded: karl/precision.py re-encodes in fp32 the
-  images with a halting decision near the threshold; :func:`guard_pays` turns the bf16 base
-  encoder off at run time when those re-encodes cost more than bf16 saves).
-- ``karl_decode``: ``fp32``, ``bf16`` or ``int8`` (karl/int8.py); ``base_decode``: ``fp32``,
-  ``fp32cl`` (channels-last, oneDNN) or ``bf16``. Decoding makes no halting decision, so
+- ``base_encode``: ``fp32``, ``fp32cl`` (channels-last convolutions, oneDNN) or ``bf16``;
+  ``karl_encode`` (the KARL encoder, which makes the halting decisions): ``fp32`` or
+  ``onednn`` (oneDNN's fp32 matmul). Anything but fp32 there is guarded: karl/precision.py
+  re-encodes exactly in fp32 the images with a halting decision within the plan's margin,
+  and :func:`guard_pays` switches the encode side back to fp32 at run time while those
+  re-encodes cost more than the faster side saves.
+- ``karl_decode``: ``fp32``, ``onednn``, ``bf16`` or ``int8`` (karl/kernels.py);
+  ``base_decode``: ``fp32``, ``fp32cl`` or ``bf16``. Decoding makes no halting decision, so
   these options change pixels only, never the kept tokens.
-- the KARL encoder, which makes the halting decisions, always runs in fp32.
 
 **The probe** (:func:`probe`; a few seconds on ``small`` on an idle 2-core CPU, once per
 machine kind and model): the base encoder and decoder of the model itself at half its
@@ -53,9 +55,9 @@ from torch import nn
 __all__ = ["Decision", "MARGIN", "choose_plan", "guard_pays", "decide", "probe", "cache_key",
            "cache_path", "cpu_flags", "cpu_model_name"]
 
-PROBE_VERSION = 2
+PROBE_VERSION = 3
 MARGIN = 0.9          # an option replaces a more exact one only below 0.9x its time
-_EXACTNESS = ("fp32", "fp32cl", "bf16", "fp16", "int8")   # closest to fp32's pixels first
+_EXACTNESS = ("fp32", "fp32cl", "onednn", "bf16", "fp16", "int8")   # closest to fp32 first
 REPS = 2              # timed runs per option after one warm-up; the best counts
 MIN_IMAGES = 4        # the guard's break-even is judged after this many images
 ENV = "KARL_PRECISION_AUTO"
@@ -176,7 +178,7 @@ def choose_plan(timings: dict[str, dict[str, float]], margin: float = MARGIN) ->
     """The plan from estimated seconds per image per stage and option (pure; see module doc)."""
     from karl.precision import Plan
     chosen, parts = {}, []
-    for stage in ("base_encode", "karl_decode", "base_decode"):
+    for stage in STAGE_NAMES:
         opts = timings.get(stage, {})
         best = "fp32"
         if "fp32" in opts:      # from the most to the least exact: each must beat the best so far
@@ -196,18 +198,16 @@ def choose_plan(timings: dict[str, dict[str, float]], margin: float = MARGIN) ->
     return plan, "; ".join(parts) + why
 
 
-def guard_pays(timings: dict[str, dict[str, float]], option: str, images: int, near_images: int) -> bool:
-    """Whether the reduced-precision base encoder still pays with its re-check: it saves
-    ``t_fp32 - t_option`` per image and costs ``rate * (t_fp32 + t_karl_encoder)`` (the
-    re-encode of the images with a decision within HALT_MARGIN). True before MIN_IMAGES."""
-    if images < MIN_IMAGES:
+def guard_pays(timings: dict[str, dict[str, float]], plan, images: int, near_images: int) -> bool:
+    """Whether the plan's encode side still pays with its re-check: it saves ``exact - fast``
+    per image (base encoder + KARL encoder) and costs ``rate * exact`` (the re-encode of the
+    images with a decision within the plan's margin). True before MIN_IMAGES images."""
+    base, karl = timings.get("base_encode", {}), timings.get("karl_encode", {})
+    if images < MIN_IMAGES or "fp32" not in base or "fp32" not in karl:
         return True
-    base = timings.get("base_encode", {})
-    if "fp32" not in base or option not in base:
-        return True
-    karl = timings.get("karl_encode", {}).get("fp32", 0.0)
-    rate = near_images / images
-    return base["fp32"] - base[option] > rate * (base["fp32"] + karl)
+    exact = base["fp32"] + karl["fp32"]
+    fast = base.get(plan.base_encode, base["fp32"]) + karl.get(plan.karl_encode, karl["fp32"])
+    return exact - fast > near_images / images * exact
 
 
 def decide(model: nn.Module) -> Decision:
@@ -259,32 +259,36 @@ def probe(model: nn.Module) -> dict[str, dict[str, float]]:
 def _cases(model: nn.Module, q: int) -> list[tuple]:
     """(stage, option, fn, scale to the whole stage, encoder side channels-last, decoder side
     channels-last) for every option this CPU can run natively (module doc)."""
-    from karl import int8
+    from karl import kernels
     from karl.precision import cpu_has_fast_bf16
     g, d = model.grid_size // q, model.config.base.downsample
     x = torch.rand(1, 3, g * d, g * d)
     head = torch.randn(1, model.base.head_dim, g, g)
     base, area = model.base, q * q
     n, k, w = model.grid_size ** 2, model.max_tokens, model.config.width
-    enc_block, dec_block = model.encoder.transformer[0], model.decoder.transformer[0]
     enc_seq = torch.randn(1, 1 + n + k, w)
     dec_seq, mask = torch.randn(1, n + k // 2, w), torch.ones(1, n + k // 2, dtype=torch.bool)
-    enc_layers, dec_layers = model.config.encoder_layers, model.config.decoder_layers
+    enc_n, dec_n = model.config.encoder_layers, model.config.decoder_layers
+    blocks = {"karl_encode": (model.encoder.transformer[0], lambda b: b(enc_seq), enc_n),
+              "karl_decode": (model.decoder.transformer[0], lambda b: b(dec_seq, mask), dec_n)}
     decode = functools.partial(type(base).decode_head, base, head)
-    bf16 = cpu_has_fast_bf16()
-    cases = [("base_encode", "fp32", lambda: base.encode(x), area, False, False),
-             ("karl_encode", "fp32", lambda: enc_block(enc_seq), enc_layers, False, False),
-             ("karl_decode", "fp32", lambda: dec_block(dec_seq, mask), dec_layers, False, False),
+    encode = functools.partial(base.encode, x)
+    cases = [("base_encode", "fp32", encode, area, False, False),
+             ("base_encode", "fp32cl", encode, area, True, False),
              ("base_decode", "fp32", decode, area, False, False),
              ("base_decode", "fp32cl", decode, area, False, True)]
-    if bf16:
-        cases += [("base_encode", "bf16", lambda: base.encode(x), area, True, False),
-                  ("karl_decode", "bf16", lambda: dec_block(dec_seq, mask), dec_layers, False, False),
+    if cpu_has_fast_bf16():
+        cases += [("base_encode", "bf16", encode, area, True, False),
                   ("base_decode", "bf16", decode, area, False, True)]
-    if int8.available():
-        q_block = copy.deepcopy(dec_block)
-        int8.install(q_block)
-        cases.append(("karl_decode", "int8", lambda: q_block(dec_seq, mask), dec_layers, False, False))
+    for stage, (block, call, layers) in blocks.items():
+        cases.append((stage, "fp32", functools.partial(call, block), layers, False, False))
+        kinds = [k for k in kernels.KINDS if stage == "karl_decode" or k == "onednn"]
+        for kind in (k for k in kinds if kernels.available(k)):
+            twin = copy.deepcopy(block)
+            kernels.install(twin, kind)
+            cases.append((stage, kind, functools.partial(call, twin), layers, False, False))
+        if stage == "karl_decode" and cpu_has_fast_bf16():
+            cases.append((stage, "bf16", functools.partial(call, block), layers, False, False))
     return cases
 
 

@@ -39,6 +39,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
+from karl.base_tokenizers import _KL_VAE_CONVENTIONS
 from karl.checkpoint import CheckpointError, check_finite, check_state_dict, write_release
 from karl.config import LOSS_BINS, BaseTokenizerConfig, ModelConfig, preset, to_dict
 from karl.model import KARL
@@ -47,8 +48,9 @@ __all__ = ["UntrustedCheckpointError", "convert_official", "infer_config", "load
            "load_official", "main", "map_official_keys", "read_official", "select_weights"]
 
 _WRAPPERS = ("module.", "_orig_mod.")
-# BaseTokenizerConfig fields that only the KL-VAE reads; a converted VQGAN's config.json omits them.
-VAE_ONLY_FIELDS = ("input_range", "output_range", "decode_scale", "posterior")
+# BaseTokenizerConfig fields that only the KL-VAE reads (karl.base_tokenizers refuses them for
+# the other kinds); a converted VQGAN's config.json omits them.
+VAE_ONLY_FIELDS = _KL_VAE_CONVENTIONS
 # The release's arithmetic around its KL-VAE (docs/OFFICIAL.md section 7, checked on identical
 # weights): the [0, 1] image goes in as it is, KARL sees latent x 0.2325, the decoder head's
 # prediction is decoded without dividing by 0.2325, and the raw output is the [0, 1] image.

@@ -1,32 +1,37 @@
 """Inference precision: ``fp32`` (the reference), ``bf16`` / ``fp16``, ``int8`` or ``auto``.
 
 ``set_precision(model, p)`` sets a :class:`Plan` for the model's inference stages: the base
-encoder (``base_encode``), the KARL decoder (``forward_decoder``) and the base decoder
-(``base.decode_head``). The KARL encoder, which makes the halting decisions, always runs in
-fp32. Outputs come back in float32; halting probabilities are computed in float32.
+encoder (``base_encode``), the KARL encoder (inside ``encode``), the KARL decoder
+(``forward_decoder``) and the base decoder (``base.decode_head``). Outputs come back in
+float32; halting probabilities are computed in float32.
 
-- ``fp32``: every stage fp32, the reference. ``bf16`` / ``fp16``: every stage under autocast
-  (the base encoder guarded, below). ``int8``: the KARL decoder's Linear layers in dynamic
-  int8 (karl/int8.py), the rest fp32, so the kept tokens are bitwise fp32's.
+- ``fp32``: every stage fp32, the reference. ``bf16`` / ``fp16``: the base encoder, the KARL
+  decoder and the base decoder under autocast, the KARL encoder in fp32 (guarded, below).
+  ``int8``: the KARL decoder's Linear layers in dynamic int8 (karl/kernels.py), the rest
+  fp32, so the kept tokens are bitwise fp32's.
 - ``auto``: the fastest plan measured on this machine (karl/autoprecision.py: a short probe
   of the model's own stages at first use, cached per CPU model, torch version, threads and
   model). Never chosen by a CPU flag alone: on a Xeon with AVX-512 BF16 but no AMX, bf16
-  was slower than fp32 in every stage. :func:`describe_precision` says what it chose and why.
-- On CPU, bf16 / fp16 stages turn on oneDNN and store their convolution weights channels-last
-  (oneDNN's reduced-precision kernels want NHWC); ``fp32cl`` (auto only) is the base decoder
-  in fp32, channels-last, oneDNN. Stages in fp32 keep the default layout, so an fp32 model is
-  bitwise one that never had a precision set.
-- **Halting decisions.** Decoding makes none, so its precision changes pixels only. A base
-  encoder at reduced precision moves the grid the KARL encoder reads, so its ``encode`` is
-  guarded: the KARL encoder runs in fp32 on that grid, and every image with a token within
-  :data:`HALT_MARGIN` of the threshold is encoded again entirely in fp32 (base tokenizer
-  included, default conv layout) and takes that program. A measured guard, not a proof
-  (HALT_MARGIN says what was measured). Under ``auto`` the guard is also a cost: when the
-  share of re-encoded images makes the bf16 base encoder slower than fp32's
-  (autoprecision.guard_pays), ``encode`` runs in fp32 until the share falls again.
-  ``set_precision(model, p, recheck=False)`` runs all of ``encode`` under autocast without
-  the re-check (fastest; warns once when decisions may differ). ``model.precision_stats``
-  counts images, near-threshold tokens, images with one, and re-checked images.
+  was slower than fp32 in every stage. Besides the precisions above it can pick, per stage,
+  fp32 with other kernels: ``fp32cl`` (channels-last convolutions through oneDNN) for the
+  base encoder and decoder, ``onednn`` (oneDNN's fp32 matmul instead of the BLAS behind
+  ``F.linear``) for the KARL encoder and decoder. :func:`describe_precision` says what it
+  chose and why.
+- On CPU, bf16 / fp16 / fp32cl stages turn on oneDNN and store their convolution weights
+  channels-last. Stages in fp32 keep the default layout, so an fp32 model is bitwise one that
+  never had a precision set.
+- **Halting decisions.** Decoding makes none, so its precision changes pixels only. An
+  encode side other than fp32's is guarded: the KARL encoder runs in fp32 (or oneDNN fp32)
+  on the base grid, and every image with a token within the plan's margin of the threshold
+  is encoded again exactly as fp32 (default conv layout, ``F.linear``) and takes that
+  program. The margin is :data:`HALT_MARGIN` for a reduced-precision base encoder and
+  :data:`ROUNDING_MARGIN` for fp32 that only sums in another order. A measured guard, not a
+  proof (the constants say what was measured). Under ``auto`` the guard is also a cost:
+  while the share of re-encoded images makes the faster encode side slower than fp32's
+  (autoprecision.guard_pays), ``encode`` runs exactly as fp32. ``set_precision(model, p,
+  recheck=False)`` runs ``encode`` without the re-check (fastest; warns once when decisions
+  may differ). ``model.precision_stats`` counts images, near-threshold tokens, images with
+  one, and re-checked images.
 """
 
 from __future__ import annotations
@@ -53,15 +58,21 @@ _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 # flipped lay within 0.005 of the threshold; with everything in bf16 they lay up to 0.063
 # from it (15 of 2048 decisions), which is why the guarded path keeps the KARL encoder in fp32.
 HALT_MARGIN = 0.02
-_OPTIONS = {"base_encode": ("fp32", "bf16", "fp16"), "karl_decode": ("fp32", "bf16", "fp16", "int8"),
+# The same for an encode side that differs from fp32 only in rounding (fp32 channels-last
+# convolutions, oneDNN's fp32 matmul): measured, such paths moved halting probabilities by
+# at most ROUNDING_SEEN (benchmarks/inference_speed.py, docs/OFFICIAL.md section 8).
+ROUNDING_MARGIN = 1e-3
+_OPTIONS = {"base_encode": ("fp32", "fp32cl", "bf16", "fp16"), "karl_encode": ("fp32", "onednn"),
+            "karl_decode": ("fp32", "onednn", "bf16", "fp16", "int8"),
             "base_decode": ("fp32", "fp32cl", "bf16", "fp16")}
-_SHORT = {"base_encode": "benc", "karl_decode": "kdec", "base_decode": "bdec"}
+_SHORT = {"base_encode": "benc", "karl_encode": "kenc", "karl_decode": "kdec", "base_decode": "bdec"}
 
 
 @dataclasses.dataclass(frozen=True)
 class Plan:
-    """The precision of each inference stage (module doc); the KARL encoder is always fp32."""
+    """The precision or kernel of each inference stage (module doc)."""
     base_encode: str = "fp32"
+    karl_encode: str = "fp32"
     karl_decode: str = "fp32"
     base_decode: str = "fp32"
 
@@ -73,15 +84,24 @@ class Plan:
     @property
     def label(self) -> str:
         """``fp32`` / ``bf16`` / ``fp16`` / ``int8`` for the named plans, else e.g.
-        ``benc:fp32,kdec:int8,bdec:fp32cl`` (no spaces: it goes into key=value lines)."""
+        ``benc:fp32cl,kenc:onednn,kdec:int8,bdec:bf16`` (no spaces: it goes into key=value lines)."""
         for name, plan in NAMED_PLANS.items():
             if plan == self:
                 return name
         return ",".join(f"{_SHORT[s]}:{getattr(self, s)}" for s in _OPTIONS)
 
+    @property
+    def margin(self) -> float:
+        """The guard's margin for this plan's encode side: HALT_MARGIN for a reduced-precision
+        base encoder, ROUNDING_MARGIN for one that changes fp32's rounding only, 0: exact."""
+        if self.base_encode in _DTYPES:
+            return HALT_MARGIN
+        return ROUNDING_MARGIN if (self.base_encode, self.karl_encode) != ("fp32", "fp32") else 0.0
 
-NAMED_PLANS = {"fp32": Plan(), "bf16": Plan("bf16", "bf16", "bf16"), "fp16": Plan("fp16", "fp16", "fp16"),
-               "int8": Plan("fp32", "int8", "fp32")}
+
+NAMED_PLANS = {"fp32": Plan(), "bf16": Plan(base_encode="bf16", karl_decode="bf16", base_decode="bf16"),
+               "fp16": Plan(base_encode="fp16", karl_decode="fp16", base_decode="fp16"),
+               "int8": Plan(karl_decode="int8")}
 
 
 def cpu_has_fast_bf16() -> bool:
@@ -92,7 +112,14 @@ def cpu_has_fast_bf16() -> bool:
     return bool(cpu_flags() & {"avx512_bf16", "amx_bf16"})
 
 
-def _check_device(precision: str, device: torch.device) -> None:
+def _check_device(precision: str | Plan, device: torch.device) -> None:
+    if isinstance(precision, Plan):           # kernels are CPU ones; reduced dtypes cpu / cuda
+        stages = {getattr(precision, s) for s in _OPTIONS}
+        if stages & {"int8", "onednn", "fp32cl"} and device.type != "cpu":
+            raise ValueError(f"plan {precision.label} is supported on cpu, not {device.type}")
+        if stages & set(_DTYPES) and device.type not in ("cpu", "cuda"):
+            raise ValueError(f"plan {precision.label} is supported on cpu and cuda, not {device.type}")
+        return
     if precision not in PRECISIONS:
         raise ValueError(f"precision {precision!r} is not one of {', '.join(PRECISIONS)}")
     if precision == "int8" and device.type != "cpu":
@@ -184,15 +211,15 @@ def _to_float(x: Any) -> Any:
 # ----------------------------------------------------------------------------- the plan in force
 
 def _apply(model: nn.Module, plan: Plan) -> None:
-    """The plan's side effects: conv layouts on CPU, int8 KARL decoder layers or not."""
-    from karl import int8
+    """The plan's side effects: conv layouts on CPU, other Linear kernels (karl/kernels.py)."""
+    from karl import kernels
     cpu = model.device.type == "cpu"
-    set_conv_layout(model, cpu and plan.base_encode in _DTYPES,
-                    cpu and plan.base_decode in (*_DTYPES, "fp32cl"))
-    if plan.karl_decode == "int8":
-        int8.install(model.decoder)
-    else:
-        int8.remove(model.decoder)
+    set_conv_layout(model, cpu and plan.base_encode != "fp32", cpu and plan.base_decode != "fp32")
+    for module, kind in ((model.encoder, plan.karl_encode), (model.decoder, plan.karl_decode)):
+        if kind in kernels.KINDS:
+            kernels.install(module, kind)
+        else:
+            kernels.remove(module)
 
 
 def precision_choice(model: nn.Module):
@@ -204,29 +231,41 @@ def precision_choice(model: nn.Module):
     if cached is not None and cached[0] == device:
         return cached[1]
     name = getattr(model, "precision", "fp32")
-    _check_device(name, device)
+    plan = getattr(model, "_precision_plan", None) or NAMED_PLANS.get(name)
+    _check_device(name if plan is None or name in NAMED_PLANS else plan, device)
     if name == "auto":
         _apply(model, Plan())                 # the probe starts from the fp32 state
         decision = decide(model)
     else:
-        decision = Decision(NAMED_PLANS[name], "asked for", f"precision={name!r}")
+        decision = Decision(plan, "asked for", f"precision={name!r}")
     _apply(model, decision.plan)
     model._precision_choice = (device, decision)
     return decision
 
 
-def _base_encode_option(model: nn.Module, decision) -> str:
-    """The base encoder's precision now: the plan's, except under ``auto`` while the guard's
-    re-encodes cost more than the reduced base encoder saves (module doc)."""
-    option = decision.plan.base_encode
-    if option == "fp32" or model.precision != "auto" or not decision.timings:
-        return option
+def _fast_encode(model: nn.Module, decision) -> bool:
+    """Whether ``encode`` runs the plan's encode side (guarded) now; False: exactly as fp32.
+    Under ``auto`` False while the guard's re-encodes cost more than that side saves
+    (module doc); the encoder side's conv layout follows."""
+    plan = decision.plan
+    if plan.margin == 0:
+        return False
+    if model.precision != "auto" or not decision.timings:
+        return True
     from karl.autoprecision import guard_pays
     stats = model.precision_stats
-    pays = guard_pays(decision.timings, option, stats["images"], stats["near_images"])
-    stats["base_encode"] = option if pays else "fp32"
-    set_conv_layout(model, pays and model.device.type == "cpu", model._conv_layout[1])
-    return stats["base_encode"]
+    fast = guard_pays(decision.timings, plan, stats["images"], stats["near_images"])
+    stats["encode"] = "plan" if fast else "fp32"
+    set_conv_layout(model, fast and model.device.type == "cpu",
+                    getattr(model, "_conv_layout", (False, False))[1])
+    return fast
+
+
+def _stage(model: nn.Module, option: str) -> contextlib.AbstractContextManager:
+    """The context a stage option runs in: autocast, oneDNN on (channels-last fp32), or none."""
+    if option in _DTYPES:
+        return autocast(model.device, option)
+    return onednn_on() if option == "fp32cl" else contextlib.nullcontext()
 
 
 def describe_precision(model: nn.Module, detail: bool = False) -> str:
@@ -238,24 +277,19 @@ def describe_precision(model: nn.Module, detail: bool = False) -> str:
     if name != "auto":
         return f"precision {name}"
     text = f"precision auto -> {d.plan.label} ({d.reason if detail else d.short()})"
-    if model.precision_stats.get("base_encode") == "fp32" and d.plan.base_encode != "fp32":
-        s = model.precision_stats
-        text += (f"; base encoder back to fp32: {s['near_images']} of {s['images']} images had a "
-                 f"decision within {HALT_MARGIN} of the threshold, re-encoding them costs more than "
-                 f"{d.plan.base_encode} saves")
+    s = model.precision_stats
+    if s.get("encode") == "fp32":
+        text += (f"; encoding back to exact fp32: {s['near_images']} of {s['images']} images had a "
+                 f"decision within {d.plan.margin:g} of the threshold, re-encoding them costs more "
+                 f"than the faster encoder saves")
     return text
 
 
 # ----------------------------------------------------------------------------- guarded encode
 
-def _near_threshold(model: nn.Module, probs: Tensor) -> Tensor:
-    """[B, K] bool: decisions reduced precision may have flipped."""
-    return (probs - model.config.halt_threshold).abs() < HALT_MARGIN
-
-
-def _count(model: nn.Module, probs: Tensor) -> Tensor:
-    """Updates ``precision_stats``; returns the [B] images with a decision near the threshold."""
-    near = _near_threshold(model, probs)
+def _count(model: nn.Module, probs: Tensor, margin: float) -> Tensor:
+    """Updates ``precision_stats``; returns the [B] images with a decision within ``margin``."""
+    near = (probs - model.config.halt_threshold).abs() < margin
     at_risk = near.any(-1)
     stats = model.precision_stats
     stats["images"] += probs.shape[0]
@@ -264,19 +298,24 @@ def _count(model: nn.Module, probs: Tensor) -> Tensor:
     return at_risk
 
 
-def _fp32_encode(model: nn.Module, method: Callable[..., Any], args: dict, rows: Tensor) -> Any:
-    """``encode`` of the images in ``rows`` exactly as an fp32 model runs it: no autocast, the
-    default conv layout, and the base grid recomputed (a cached one came from reduced precision)."""
-    images = args["images"]
-    args = dict(args, images=images[rows.to(images.device)])
-    args.pop("base_grid", None)
-    eps = args.get("epsilon")
-    if isinstance(eps, torch.Tensor) and eps.ndim == 1:
-        args["epsilon"] = eps[rows.to(eps.device)]
+def _fp32_encode(model: nn.Module, method: Callable[..., Any], args: dict,
+                 rows: Tensor | None = None) -> Any:
+    """``encode`` (of the images in ``rows``) exactly as an fp32 model runs it: no autocast,
+    the default conv layout, ``F.linear``, and the base grid recomputed (a cached one came
+    from the faster path)."""
+    from karl import kernels
+    args = dict(args)
+    if rows is not None:
+        images = args["images"]
+        args["images"] = images[rows.to(images.device)]
+        args.pop("base_grid", None)
+        eps = args.get("epsilon")
+        if isinstance(eps, torch.Tensor) and eps.ndim == 1:
+            args["epsilon"] = eps[rows.to(eps.device)]
     layout = getattr(model, "_conv_layout", (False, False))
     set_conv_layout(model, False, layout[1])
     try:
-        with torch.autocast(model.device.type, enabled=False):
+        with torch.autocast(model.device.type, enabled=False), kernels.reference():
             return method(**args)
     finally:
         set_conv_layout(model, *layout)
@@ -295,25 +334,25 @@ def _merge(enc: Any, rows: Tensor, exact: Any) -> Any:
 
 
 def _encode(model: nn.Module, method: Callable[..., Any], call: inspect.BoundArguments) -> Any:
-    """``encode`` under the plan (module doc): fp32 as is; a reduced base encoder guarded (the
-    KARL encoder in fp32 on its grid, images near the threshold encoded again in fp32), or
-    without the guard all of ``encode`` under autocast."""
-    option = _base_encode_option(model, precision_choice(model))
-    args = dict(call.arguments)
-    if option == "fp32":
-        enc = method(**args)
-        _count(model, enc.halting_probs)
+    """``encode`` under the plan (module doc): exactly fp32, or the plan's encode side guarded
+    (images with a decision within the plan's margin encoded again in fp32), or without the
+    guard all of ``encode`` at the plan's base precision."""
+    decision = precision_choice(model)
+    plan, args = decision.plan, dict(call.arguments)
+    if not _fast_encode(model, decision):
+        enc = _fp32_encode(model, method, args)
+        _count(model, enc.halting_probs, plan.margin or HALT_MARGIN)
         return enc
     if model.precision_recheck:
         if args.get("base_grid") is None:
-            with autocast(model.device, option):
+            with _stage(model, plan.base_encode):
                 args["base_grid"] = _to_float(model.base_encode(args["images"].to(model.device)))
         with torch.autocast(model.device.type, enabled=False):
             enc = method(**args)
     else:
-        with autocast(model.device, option):
+        with _stage(model, plan.base_encode):
             enc = _to_float(method(**args))
-    at_risk = _count(model, enc.halting_probs)
+    at_risk = _count(model, enc.halting_probs, plan.margin)
     stats = model.precision_stats
     if not bool(at_risk.any()):
         return enc
@@ -324,10 +363,10 @@ def _encode(model: nn.Module, method: Callable[..., Any], call: inspect.BoundArg
     if not stats["warned"]:
         stats["warned"] = True
         warnings.warn(
-            f"{int(_near_threshold(model, enc.halting_probs).sum())} halting decision(s) within "
-            f"{HALT_MARGIN} of the threshold under {option} with the fp32 re-check off: the kept "
-            f"tokens may differ from fp32 there (set_precision(model, ..., recheck=True) "
-            f"re-checks them; model.precision_stats counts them)", stacklevel=4)
+            f"{int(at_risk.sum())} image(s) with a halting decision within {plan.margin:g} of the "
+            f"threshold under {model.precision} with the fp32 re-check off: the kept tokens may "
+            f"differ from fp32 there (set_precision(model, ..., recheck=True) re-checks them; "
+            f"model.precision_stats counts them)", stacklevel=4)
     return enc
 
 
@@ -351,8 +390,8 @@ def _wrap_encode(model: nn.Module) -> Callable[..., Any]:
 
 
 def _wrap_stage(model: nn.Module, owner: nn.Module, name: str, stage: str) -> Callable[..., Any]:
-    """``owner.name`` run at the plan's precision for ``stage`` (int8 and layouts are already
-    in the modules: karl.precision._apply)."""
+    """``owner.name`` run at the plan's precision for ``stage`` (kernels and layouts are
+    already in the modules: :func:`_apply`)."""
     method = getattr(type(owner), name).__get__(owner)
 
     @functools.wraps(method)
@@ -360,16 +399,14 @@ def _wrap_stage(model: nn.Module, owner: nn.Module, name: str, stage: str) -> Ca
         if model._precision_active:
             return method(*args, **kwargs)
         decision = precision_choice(model)
-        option = (_base_encode_option(model, decision) if stage == "base_encode"
-                  else getattr(decision.plan, stage))
-        if option in ("fp32", "int8"):
+        option = getattr(decision.plan, stage)
+        if stage == "base_encode" and not _fast_encode(model, decision):
+            option = "fp32"
+        if option in ("fp32", "int8", "onednn"):     # kernels and layouts are in the modules
             return method(*args, **kwargs)
         model._precision_active = True
         try:
-            if option == "fp32cl":
-                with onednn_on():
-                    return method(*args, **kwargs)
-            with autocast(model.device, option):
+            with _stage(model, option):
                 return _to_float(method(*args, **kwargs))
         finally:
             model._precision_active = False
@@ -377,16 +414,19 @@ def _wrap_stage(model: nn.Module, owner: nn.Module, name: str, stage: str) -> Ca
     return run
 
 
-def set_precision(model: nn.Module, precision: str = "fp32", recheck: bool = True) -> nn.Module:
-    """Run ``model``'s inference at ``precision`` (module doc); returns the model.
+def set_precision(model: nn.Module, precision: str | Plan = "fp32", recheck: bool = True) -> nn.Module:
+    """Run ``model``'s inference at ``precision`` (module doc), a name or a :class:`Plan`
+    (``model.precision`` is then its label); returns the model.
 
     ``auto`` is decided against the model's current device at the first call, and again
     after a move. ``recheck`` re-encodes in fp32 the images with a halting decision near the
     threshold (module doc). ``model.precision`` holds the name asked for,
     :func:`precision_choice` what it means, ``model.precision_stats`` the guard's counts.
-    Call again after changing the weights (int8 keeps packed copies).
+    Call again after changing the weights (int8 / onednn keep packed copies).
     """
     _check_device(precision, model.device)
+    model._precision_plan = precision if isinstance(precision, Plan) else None
+    precision = precision.label if isinstance(precision, Plan) else precision
     model.precision = precision
     model.precision_recheck = bool(recheck)
     model._precision_active = False
