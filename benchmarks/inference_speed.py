@@ -10,8 +10,8 @@ decided before timing, and printed with its reason), and at batch 1 the fixed pr
 auto chooses from: ``bf16`` guarded (where the CPU has native bf16, or on CUDA; ``--all``
 times it anyway), ``bf16`` without the guard (all of ``encode`` under autocast), ``int8``
 (the KARL decoder in dynamic int8, CPU) and ``fp32 oneDNN`` (CPU: fp32 everywhere, through
-oneDNN's matmul for the transformers and channels-last convolutions; only the summation
-order differs, the encode side guarded with ROUNDING_MARGIN). ``KARL_PRECISION_AUTO=probe``
+oneDNN's matmul for both transformers and channels-last convolutions for the base decoder;
+only the summation order differs; the KARL encoder guarded with ROUNDING_MARGIN). ``KARL_PRECISION_AUTO=probe``
 measures auto again.
 
 Prints the CPU, a table (median seconds per image, speedup over fp32 batch 1, peak
@@ -202,7 +202,7 @@ def variant_list(a: argparse.Namespace, device: torch.device) -> dict[str, tuple
     if device.type == "cpu" and kernels.available("int8"):
         v["int8"] = ("int8", 1, True)
     if device.type == "cpu" and kernels.available("onednn"):
-        v["fp32 oneDNN"] = (Plan("fp32cl", "onednn", "onednn", "fp32cl"), 1, True)
+        v["fp32 oneDNN"] = (Plan(karl_encode="onednn", karl_decode="onednn", base_decode="fp32cl"), 1, True)
     return v
 
 

@@ -18,19 +18,16 @@ torch.set_num_threads(1)
 
 # Seconds per image per stage, as the probe reports them: a Xeon without AMX (bf16 slower
 # everywhere; issue 23's stage times) and one with AMX (docs/OFFICIAL.md section 8).
-NO_AMX = {"base_encode": {"fp32": 0.75, "fp32cl": 0.74, "bf16": 0.85},
-          "karl_encode": {"fp32": 0.46, "onednn": 0.45},
+NO_AMX = {"base_encode": {"fp32": 0.75, "bf16": 0.85}, "karl_encode": {"fp32": 0.46, "onednn": 0.45},
           "karl_decode": {"fp32": 0.44, "onednn": 0.43, "bf16": 0.71, "int8": 0.2},
           "base_decode": {"fp32": 1.01, "fp32cl": 0.98, "bf16": 1.32}}
-AMX = {"base_encode": {"fp32": 0.66, "fp32cl": 0.63, "bf16": 0.18},
-       "karl_encode": {"fp32": 0.51, "onednn": 0.5},
+AMX = {"base_encode": {"fp32": 0.66, "bf16": 0.18}, "karl_encode": {"fp32": 0.51, "onednn": 0.5},
        "karl_decode": {"fp32": 0.53, "onednn": 0.52, "bf16": 0.22, "int8": 0.21},
        "base_decode": {"fp32": 1.0, "fp32cl": 0.95, "bf16": 0.24}}
-# This session's AMD EPYC (avx512_bf16, no AMX), where MKL's fp32 matmul was the slow one.
-EPYC = {"base_encode": {"fp32": 1.45, "fp32cl": 1.2, "bf16": 0.71},
-        "karl_encode": {"fp32": 1.2, "onednn": 0.55},
-        "karl_decode": {"fp32": 0.99, "onednn": 0.45, "bf16": 0.38, "int8": 0.25},
-        "base_decode": {"fp32": 1.84, "fp32cl": 1.63, "bf16": 1.07}}
+# This session's AMD EPYC (avx512_bf16, no AMX; its probe), where MKL's fp32 matmul was slow.
+EPYC = {"base_encode": {"fp32": 0.461}, "karl_encode": {"fp32": 0.658, "onednn": 0.344},
+        "karl_decode": {"fp32": 0.505, "int8": 0.121, "onednn": 0.244, "bf16": 0.174},
+        "base_decode": {"fp32": 0.575, "fp32cl": 0.556, "bf16": 0.272}}
 
 
 @pytest.fixture(autouse=True)
@@ -59,14 +56,16 @@ def test_choose_plan_by_measurement_not_by_flag():
     plan, reason = choose_plan(NO_AMX)
     assert plan == Plan(karl_decode="int8") and plan.label == "int8" and plan.margin == 0
     assert "KARL decoder fp32 0.44 / onednn 0.43 / bf16 0.71 / int8 0.2 s -> int8" in reason
-    amx = choose_plan(AMX)[0]                      # int8 0.21 is not 10% below bf16's 0.22
-    assert amx == NAMED_PLANS["bf16"] and amx.margin == 0.02
+    amx, reason = choose_plan(AMX)               # int8 0.21 is not 10% below bf16's 0.22
+    assert amx == Plan(karl_decode="bf16", base_decode="bf16") and amx.margin == 0
+    assert "base encoder fp32 0.66 s -> fp32" in reason      # auto keeps bf16 off the encode side
     epyc = choose_plan(EPYC)[0]
-    assert epyc == Plan("bf16", "onednn", "int8", "bf16") and epyc.margin == 0.02
+    assert epyc == Plan(karl_encode="onednn", karl_decode="int8", base_decode="bf16")
+    assert epyc.margin == 1e-3 and epyc.label == "benc:fp32,kenc:onednn,kdec:int8,bdec:bf16"
     tie = {"karl_decode": {"fp32": 0.44, "bf16": 0.41}, "base_decode": {"fp32": 1.0, "fp32cl": 0.85}}
     assert choose_plan(tie)[0] == Plan(base_decode="fp32cl")
     assert choose_plan({})[0] == Plan()
-    assert Plan(karl_encode="onednn").margin == Plan(base_encode="fp32cl").margin == 1e-3
+    assert Plan(karl_encode="onednn").margin == 1e-3 and NAMED_PLANS["bf16"].margin == 0.02
     assert Plan(karl_decode="int8", base_decode="fp32cl").label == "benc:fp32,kenc:fp32,kdec:int8,bdec:fp32cl"
     assert {p.label for p in NAMED_PLANS.values()} == {"fp32", "bf16", "fp16", "int8"}
     with pytest.raises(ValueError, match="karl_decode='int4'"):
@@ -82,9 +81,9 @@ def test_guard_pays_break_even():
     assert guard_pays(AMX, bf16, images=10, near_images=4)
     assert not guard_pays(AMX, bf16, images=10, near_images=5)
     assert not guard_pays(NO_AMX, bf16, images=10, near_images=0)
-    onednn = Plan(karl_encode="onednn")                            # EPYC: saves 0.65 of 2.65 s
-    assert guard_pays(EPYC, onednn, images=100, near_images=24)
-    assert not guard_pays(EPYC, onednn, images=100, near_images=25)
+    onednn = Plan(karl_encode="onednn")                            # EPYC: saves 0.314 of 1.119 s
+    assert guard_pays(EPYC, onednn, images=100, near_images=28)
+    assert not guard_pays(EPYC, onednn, images=100, near_images=29)
 
 
 def test_decide_caches_per_machine_and_model(tiny_model, monkeypatch):
@@ -160,6 +159,8 @@ def test_onednn_encoder_is_fp32_up_to_rounding_and_rechecked(tiny_model, tiny_im
     assert kernels.installed(tiny_model.encoder) == "onednn"
     assert (enc.halting_probs - ref.halting_probs).abs().max() < 1e-5
     assert torch.equal(enc.keep, ref.keep)
+    conv = next(m for m in tiny_model.base.encoder.modules() if isinstance(m, torch.nn.Conv2d))
+    assert conv.weight.is_contiguous()                             # the base encoder stays fp32's
     _pin_halting_at_threshold(tiny_model)                          # every image near: re-encoded
     with kernels.reference():
         exact = type(tiny_model).encode(tiny_model, tiny_images, epsilon=0.05)
@@ -171,18 +172,18 @@ def test_onednn_encoder_is_fp32_up_to_rounding_and_rechecked(tiny_model, tiny_im
 def test_auto_turns_the_guard_off_when_re_encodes_cost_more(tiny_model, tiny_images, monkeypatch):
     """Every image near the threshold: after MIN_IMAGES images encode runs exactly as fp32 (no
     more re-encodes), and the description says so."""
+    if not kernels.available("onednn"):
+        pytest.skip("no oneDNN matmul in this PyTorch build")
     _pin_halting_at_threshold(tiny_model)
-    monkeypatch.setattr(autoprecision, "probe", lambda m: AMX)
+    monkeypatch.setattr(autoprecision, "probe", lambda m: EPYC)
     set_precision(tiny_model, "auto")
-    assert precision_choice(tiny_model).plan.base_encode == "bf16"
+    assert precision_choice(tiny_model).plan.karl_encode == "onednn"
     for _ in range(3):
         tiny_model.encode(tiny_images, epsilon=0.05)
     stats = tiny_model.precision_stats
     assert stats["images"] == 9 and stats["near_images"] == 9
     assert stats["rechecked_images"] == 6 and stats["encode"] == "fp32"   # 2 calls before judging
-    conv = next(m for m in tiny_model.base.encoder.modules() if isinstance(m, torch.nn.Conv2d))
-    assert conv.weight.is_contiguous()
-    assert "encoding back to exact fp32: 9 of 9 images had a decision within 0.02" in describe_precision(tiny_model)
+    assert "encoding back to exact fp32: 9 of 9 images had a decision within 0.001" in describe_precision(tiny_model)
 
 
 def test_autocast_context_and_onednn_flag_restored():
