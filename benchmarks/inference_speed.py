@@ -191,7 +191,7 @@ def build(a: argparse.Namespace, device: torch.device, fast: str) -> tuple[KARL,
 
 def variant_list(a: argparse.Namespace, device: torch.device) -> dict[str, tuple[object, int, bool]]:
     """name -> (precision or Plan, batch, re-check): fp32 at batch 1 and B, auto, and the
-    options auto chooses from: bf16 (where the hardware has it natively, or on CUDA), int8,
+    options auto chooses from: bf16 (where the CPU has it natively, or on CUDA), int8,
     and fp32 through other kernels (karl/kernels.py; oneDNN matmul, channels-last convs)."""
     from karl import kernels
     from karl.precision import Plan, cpu_has_fast_bf16

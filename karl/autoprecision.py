@@ -35,7 +35,7 @@ that matter, torch version, thread count and a model signature (base kind, image
 widths, layers), so the probe runs once per machine kind and model. ``KARL_PRECISION_AUTO``
 = ``fp32`` / ``bf16`` / ``fp16`` / ``int8`` makes ``auto`` mean that without probing;
 ``probe`` measures again (once per process) and rewrites the cache entry. On CUDA ``auto``
-is bf16 where the GPU supports it (not probed).
+is bf16 decoding where the GPU supports it, the encode side fp32 (not probed).
 """
 
 from __future__ import annotations
@@ -213,6 +213,13 @@ def guard_pays(timings: dict[str, dict[str, float]], plan, images: int, near_ima
     return exact - fast > near_images / images * exact
 
 
+def cuda_plan():
+    """``auto`` on CUDA: bf16 decoding where the GPU supports it (not probed: no GPU was
+    measured); the encode side fp32, as on CPU."""
+    from karl.precision import Plan
+    return Plan(karl_decode="bf16", base_decode="bf16") if torch.cuda.is_bf16_supported() else Plan()
+
+
 def decide(model: nn.Module) -> Decision:
     """``auto`` for ``model`` on its device: env override, CUDA rule, cache, or a probe."""
     from karl.precision import NAMED_PLANS, Plan
@@ -220,9 +227,8 @@ def decide(model: nn.Module) -> Decision:
     if forced in NAMED_PLANS:
         return Decision(NAMED_PLANS[forced], "env", f"{ENV}={forced}")
     if model.device.type == "cuda":
-        ok = torch.cuda.is_bf16_supported()
-        return Decision(NAMED_PLANS["bf16" if ok else "fp32"], "cuda",
-                        "bf16 on a GPU that supports it (not probed)" if ok else "no bf16 on this GPU")
+        return Decision(cuda_plan(), "cuda", "bf16 decoding on a GPU that supports it, the encode "
+                        "side fp32 (not probed)" if cuda_plan() != Plan() else "no bf16 on this GPU")
     if model.device.type != "cpu":
         return Decision(Plan(), "no probe", f"fp32 on {model.device.type}")
     key = cache_key(model)

@@ -137,7 +137,8 @@ def resolve_precision(precision: str, device: torch.device | str, model: nn.Modu
     """The label of what ``precision`` means on ``device`` (:attr:`Plan.label`).
 
     ``auto`` needs the model on CPU (it is measured; see karl/autoprecision.py); without one it
-    is ``KARL_PRECISION_AUTO`` if set, else ``fp32``. On CUDA it is bf16 where supported.
+    is ``KARL_PRECISION_AUTO`` if set, else ``fp32``. On CUDA it is bf16 decoding where
+    supported (karl.autoprecision.cuda_plan).
 
     Raises:
         ValueError: an unknown name, or a precision the device cannot run.
@@ -149,7 +150,8 @@ def resolve_precision(precision: str, device: torch.device | str, model: nn.Modu
     if model is not None:
         return precision_choice(model).plan.label
     if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+        from karl.autoprecision import cuda_plan
+        return cuda_plan().label
     import os
 
     from karl.autoprecision import ENV
