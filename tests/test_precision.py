@@ -314,3 +314,19 @@ def test_karl_eval_precision_recorded_and_not_mixed(tmp_path):
     config = json.loads((out / "summary.json").read_text())["config"]
     assert config["precision"] == "bf16" and config["near_threshold_tokens"] >= 0
     assert main([*base, "--precision", "fp32"]) == 2            # fingerprint mismatch
+
+
+def test_karl_eval_summary_says_what_auto_chose(tmp_path, monkeypatch):
+    import json
+
+    from karl.evaluate import main
+    monkeypatch.setattr(autoprecision, "probe", lambda m: NO_AMX)
+    release = save_pretrained(build_model("tiny", seed=0), tmp_path / "m")
+    out = tmp_path / "res"
+    assert main(["--checkpoint", str(release), "--data", "procedural:2", "--out", str(out), "--fixed", "4",
+                 "--epsilon", "0.05", "--search", "none", "--lpips-net", "none", "--no-progress",
+                 "--precision", "auto"]) == 0
+    config = json.loads((out / "summary.json").read_text())["config"]
+    assert config["precision"] == "int8"
+    assert config["precision_auto"].startswith("precision auto -> int8 (probe ")
+    assert "KARL decoder fp32 0.44 / onednn 0.43 / bf16 0.71 / int8 0.2 s -> int8" in config["precision_auto"]
