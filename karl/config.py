@@ -198,6 +198,7 @@ class DataConfig:
     procedural_fraction: float = 0.0  # share of each batch drawn from the procedural generator
     min_crop_scale: float = 0.15    # random multi-scale crops: side in [min, 1] x shorter side
     holdout_fraction: float = 0.0   # of corpus source images held out of training
+    holdout_names: tuple[str, ...] = ()  # corpus photos (file or stem) always held out, with their group
     seed: int = 0
 
     def __post_init__(self) -> None:

@@ -28,6 +28,8 @@ def main() -> None:
     p.add_argument("--out", default="data_cache/heldout")
     p.add_argument("--crops-per-photo", type=int, default=8)
     p.add_argument("--procedural-per-family", type=int, default=8)
+    p.add_argument("--exclude", nargs="*", default=[],
+                   help="corpus photo stems to leave out (e.g. photos an earlier stage trained on)")
     args = p.parse_args()
     cfg = load_config(args.config)
     size, data = cfg.model.image_size, cfg.data
@@ -35,7 +37,8 @@ def main() -> None:
     (out / "photos").mkdir(parents=True, exist_ok=True)
     (out / "procedural").mkdir(parents=True, exist_ok=True)
 
-    _, held = split_sources(load_manifest(data.path), data.holdout_fraction, data.seed)
+    _, held = split_sources(load_manifest(data.path), data.holdout_fraction, data.seed, data.holdout_names)
+    held = [e for e in held if Path(e["file"]).stem not in set(args.exclude)]
     crops = FixedCropDataset(data.path, size, held, crops_per_image=args.crops_per_photo,
                              min_scale=data.min_crop_scale, seed=data.seed)
     for i in range(len(crops)):

@@ -64,7 +64,8 @@ def main() -> None:
     size = cfg.model.image_size
     tokens = sorted({min(k, model.max_tokens) for k in args.tokens})
     held = load_photos(args.heldout, size)
-    train_entries, _ = split_sources(load_manifest(cfg.data.path), cfg.data.holdout_fraction, cfg.data.seed)
+    train_entries, _ = split_sources(load_manifest(cfg.data.path), cfg.data.holdout_fraction, cfg.data.seed,
+                                     cfg.data.holdout_names)
     crops = FixedCropDataset(cfg.data.path, size, train_entries, crops_per_image=1,
                              min_scale=cfg.data.min_crop_scale, seed=cfg.data.seed + 1)
     train = torch.stack([crops[i] for i in range(min(args.train_crops, len(crops)))])

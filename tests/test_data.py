@@ -4,6 +4,7 @@ import hashlib
 import inspect
 import io
 import itertools
+from pathlib import Path
 import json
 import struct
 import warnings
@@ -153,6 +154,14 @@ def test_split_sources_by_scene(corpus_dir):
     assert len({id(e) for e in moto if e in hold}) in (0, len(moto))  # the stereo pair stays together
     assert corpus_mod.split_sources(entries, 0.3, seed=0) == (train, hold)
     assert corpus_mod.split_sources(entries, 0.0)[1] == []
+
+
+def test_split_sources_named_holdout(corpus_dir):
+    entries = corpus_mod.load_manifest(corpus_dir)
+    moto = next(e for e in entries if e["name"].startswith("motorcycle"))
+    train, hold = corpus_mod.split_sources(entries, 0.0, holdout_names=(Path(moto["file"]).stem,))
+    assert {e["group"] for e in hold} == {moto["group"]}  # the named photo with its whole scene
+    assert len(hold) >= 2 and not {e["group"] for e in train} & {e["group"] for e in hold}
 
 
 def test_random_crops_shapes_range_determinism(corpus_dir):

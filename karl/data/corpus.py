@@ -253,11 +253,14 @@ def load_manifest(corpus_dir: str | Path) -> list[dict]:
     return json.loads(path.read_text())["entries"]
 
 
-def split_sources(manifest: list[dict], holdout_fraction: float, seed: int = 0) -> tuple[list[dict], list[dict]]:
+def split_sources(manifest: list[dict], holdout_fraction: float, seed: int = 0,
+                  holdout_names: tuple[str, ...] = ()) -> tuple[list[dict], list[dict]]:
     """Split entries by source scene (``group``): held-out crops come from unseen photos.
 
     Returns (train_entries, holdout_entries) in manifest order. A positive fraction holds
-    out at least one group and never all of them.
+    out at least one group and never all of them. ``holdout_names`` (corpus file names or
+    stems, e.g. ``scikit-image__astronaut``) are held out as well, with their whole group:
+    a model continued on a grown corpus keeps its earlier held-out photos unseen.
     """
     if not 0 <= holdout_fraction < 1:
         raise ValueError(f"holdout_fraction must be in [0, 1), got {holdout_fraction}")
@@ -267,6 +270,8 @@ def split_sources(manifest: list[dict], holdout_fraction: float, seed: int = 0) 
         n_hold = min(len(groups) - 1, max(1, round(holdout_fraction * len(groups))))
     order = np.random.default_rng(seed).permutation(len(groups))
     held = {groups[i] for i in order[:n_hold]}
+    names = set(holdout_names)
+    held |= {e.get("group", e["file"]) for e in manifest if e["file"] in names or Path(e["file"]).stem in names}
     train = [e for e in manifest if e.get("group", e["file"]) not in held]
     hold = [e for e in manifest if e.get("group", e["file"]) in held]
     return train, hold

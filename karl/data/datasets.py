@@ -299,7 +299,8 @@ def build_dataset(data_cfg, image_size: int, split: str = "train") -> Dataset:
                               data_cfg.path, train, data_cfg.min_crop_scale, seed)
     if spec.kind == "corpus":  # data.source corpus or mixed
         root = ensure_corpus(spec.path)
-        entries_train, entries_hold = split_sources(load_manifest(root), data_cfg.holdout_fraction, seed)
+        entries_train, entries_hold = split_sources(load_manifest(root), data_cfg.holdout_fraction, seed,
+                                                    data_cfg.holdout_names)
         frac = float(data_cfg.procedural_fraction) if data_cfg.source == "mixed" else 0.0
         if train:
             crops = RandomCropDataset(root, image_size, entries_train, data_cfg.min_crop_scale, seed)
