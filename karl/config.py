@@ -105,6 +105,9 @@ class ModelConfig:
     commitment: float = 0.25
     halt_threshold: float = 0.75
     halting_hidden: int = 512
+    # Tokens start from a fitted PCA code of the base latent (karl/model/linear_code.py; not in
+    # the paper): lets a small model trained on a CPU reach a good, ordered code.
+    linear_code: bool = False
     loss_bins: tuple[float, ...] = LOSS_BINS
     base: BaseTokenizerConfig = field(default_factory=BaseTokenizerConfig)
 
@@ -253,7 +256,7 @@ def _cpu_tae() -> ExperimentConfig:
                                checkpoint="taef2")
     model = ModelConfig(image_size=64, width=192, encoder_layers=4, decoder_layers=4, heads=4,
                         num_latent_tokens=64, max_tokens=64, pos_table_size=8, token_dim=24,
-                        halting_hidden=192, base=base)
+                        halting_hidden=192, linear_code=True, base=base)
     train = TrainConfig(batch_size=32, lr=2e-3, warmup_steps=100, max_steps=20_000,
                         budget_choices=(1, 2, 4, 6, 8, 12, 16, 24, 32, 40, 48, 56, 64),
                         ema_decay=0.998, amp=False, amp_cpu=True, lpips_net="alex",

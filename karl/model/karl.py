@@ -26,6 +26,7 @@ from torch import Tensor, nn
 from karl.base_tokenizers import BaseGrid, build_base_tokenizer
 from karl.config import ModelConfig
 from karl.model.layers import Transformer
+from karl.model.linear_code import LinearCode
 from karl.model.quantizer import FactorizedQuantizer
 
 
@@ -142,7 +143,14 @@ class KARL(nn.Module):
         self.decoder_embed = nn.Linear(cfg.token_dim, w)
         self.decoder = Decoder(cfg, self.base.head_dim)
         self.grid_size = g
+        self.linear_code = self._build_linear_code(cfg) if cfg.linear_code else None
         self._init_linear()
+
+    def _build_linear_code(self, cfg: ModelConfig) -> LinearCode:
+        if self.base.head_dim != cfg.base.latent_dim:
+            raise ValueError(f"model.linear_code needs a base whose decoder reads its latent (head_dim "
+                             f"{self.base.head_dim} != latent_dim {cfg.base.latent_dim})")
+        return LinearCode(cfg.base.latent_dim, cfg.grid_size, cfg.num_latent_tokens, cfg.token_dim)
 
     def _init_linear(self) -> None:
         for name, m in self.named_modules():
@@ -152,6 +160,11 @@ class KARL(nn.Module):
                 nn.init.trunc_normal_(m.weight, std=0.02)
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
+        if self.linear_code is not None:
+            # The learned parts start as small corrections of the linear code (not zero, so that
+            # every parameter gets a gradient from the first step).
+            nn.init.trunc_normal_(self.pre_quantizer_mlp.weight, std=1e-3)
+            nn.init.trunc_normal_(self.decoder.ffn[-1].weight, std=1e-3)
 
     # ------------------------------------------------------------------ properties
     @property
@@ -195,8 +208,13 @@ class KARL(nn.Module):
         tokens = rearrange(torch.cat([patches, grid.to(patches.dtype)], dim=1), "b d h w -> b (h w) d")
         return tokens + self._pos2d(self.encoder_positional_embedding)
 
-    def forward_encoder(self, tokens2d: Tensor, bin_idx: Tensor, budget: int) -> tuple[Tensor, Tensor]:
-        """Returns factorised latents z [b, T, e] and halting logits [b, T]."""
+    def forward_encoder(self, tokens2d: Tensor, bin_idx: Tensor, budget: int,
+                        grid: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Returns factorised latents z [b, T, e] and halting logits [b, T].
+
+        ``grid`` is the base latent [b, c, g, g] the 2D tokens were embedded from; models with a
+        linear code (``model.linear_code``) need it, others ignore it.
+        """
         b = tokens2d.shape[0]
         assert 1 <= budget <= self.config.num_latent_tokens, (
             f"budget {budget} outside [1, {self.config.num_latent_tokens}]")
@@ -209,6 +227,10 @@ class KARL(nn.Module):
         x = self.encoder_ln_pre(x)
         x = self.encoder(x)[:, -budget:]
         z = self.pre_quantizer_mlp(self.encoder_ln_post(x))
+        if self.linear_code is not None:
+            if grid is None:
+                raise ValueError("this model has a linear code: forward_encoder needs grid= (the base latent)")
+            z = z.float() + self.linear_code.encode(grid, budget)
         halt_logits = self.halting_mlp(self.encoder_ln_post_halt(x)).squeeze(-1)
         return z, halt_logits
 
@@ -235,7 +257,12 @@ class KARL(nn.Module):
         x = torch.cat([mask_tokens.to(packed.dtype), packed], dim=1)
         key_mask = torch.cat([valid.new_ones(b, n), valid], dim=1)
         out = self.decoder(x, key_mask, n)                                  # [b, n, head_dim]
-        return rearrange(out, "b (h w) c -> b c h w", h=self.grid_size)
+        return self._add_linear_reading(rearrange(out, "b (h w) c -> b c h w", h=self.grid_size), latents, keep)
+
+    def _add_linear_reading(self, head: Tensor, latents: Tensor, keep: Tensor) -> Tensor:
+        if self.linear_code is None:
+            return head
+        return head.float() + self.linear_code.decode(latents, keep, tuple(head.shape[1:]))
 
     def forward_decoder_masked(self, latents: Tensor, keep: Tensor) -> Tensor:
         """Reference path without packing (all K tokens in the sequence, halted ones masked)."""
@@ -246,7 +273,7 @@ class KARL(nn.Module):
         x = torch.cat([mask_tokens, tokens1d], dim=1)
         key_mask = torch.cat([keep.new_ones(b, n), keep], dim=1)
         out = self.decoder(x, key_mask, n)
-        return rearrange(out, "b (h w) c -> b c h w", h=self.grid_size)
+        return self._add_linear_reading(rearrange(out, "b (h w) c -> b c h w", h=self.grid_size), latents, keep)
 
     # ------------------------------------------------------------------ public API
     def _check_images(self, images: Tensor) -> None:
@@ -290,24 +317,25 @@ class KARL(nn.Module):
         bin_idx = self.bin_index(epsilon, images.shape[0])
         tokens2d = self.embed_grid(images, grid.features)
         if monotone:
-            return self._encode_monotone(tokens2d, bin_idx, budget)
-        return self._encode_at(tokens2d, bin_idx, budget)
+            return self._encode_monotone(tokens2d, bin_idx, budget, grid.features)
+        return self._encode_at(tokens2d, bin_idx, budget, grid.features)
 
-    def _encode_at(self, tokens2d: Tensor, bin_idx: Tensor, budget: int) -> Encoding:
-        z, halt_logits = self.forward_encoder(tokens2d, bin_idx, budget)
+    def _encode_at(self, tokens2d: Tensor, bin_idx: Tensor, budget: int, grid: Tensor | None = None) -> Encoding:
+        z, halt_logits = self.forward_encoder(tokens2d, bin_idx, budget, grid)
         latents, ids, _ = self.quantize_latents(z)
         probs = halt_logits.float().sigmoid()
         keep = probs <= self.config.halt_threshold
         return Encoding(latents=latents, halting_probs=probs, keep=keep, token_ids=ids,
                         epsilon=self.loss_bins[bin_idx])
 
-    def _encode_monotone(self, tokens2d: Tensor, bin_idx: Tensor, budget: int) -> Encoding:
-        best = self._encode_at(tokens2d, bin_idx, budget)           # the requested bin's own program
+    def _encode_monotone(self, tokens2d: Tensor, bin_idx: Tensor, budget: int,
+                         grid: Tensor | None = None) -> Encoding:
+        best = self._encode_at(tokens2d, bin_idx, budget, grid)           # the requested bin's own program
         for b in range(int(bin_idx.max()) - 1, -1, -1):              # then ever stricter bins
             stricter = bin_idx > b
             if not bool(stricter.any()):
                 continue
-            cand = self._encode_at(tokens2d, torch.full_like(bin_idx, b), budget)
+            cand = self._encode_at(tokens2d, torch.full_like(bin_idx, b), budget, grid)
             better = stricter & (cand.kc_hat < best.kc_hat)
             if bool(better.any()):
                 best = _select(better, cand, best)

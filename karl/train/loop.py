@@ -13,6 +13,8 @@ LPIPS + hinge PatchGAN (EIC + LTC with pixel losses). The phases are in ``phases
 
 from __future__ import annotations
 
+import itertools
+
 import json
 import os
 import shlex
@@ -102,7 +104,8 @@ class TrainStep(nn.Module):
 
 class Trainer:
     def __init__(self, cfg: ExperimentConfig, dist_info: DistInfo | None = None,
-                 restart: bool = False, device: str | None = None, show_progress: bool = True):
+                 restart: bool = False, device: str | None = None, show_progress: bool = True,
+                 fit_data=None):
         self.cfg, self.tc = cfg, cfg.train
         self.dist = dist_info or DistInfo()
         self.device = torch.device(device or (f"cuda:{self.dist.local_rank}" if torch.cuda.is_available() else "cpu"))
@@ -138,6 +141,9 @@ class Trainer:
             self._init_from(self.tc.init_from)
         if not resume and self.tc.base_from:
             self._base_from(self.tc.base_from)
+        code = self.model.linear_code
+        if not resume and code is not None and not bool(code.fitted):
+            self._fit_linear_code(fit_data)
         self.ema = EMA(self.model, self.tc.ema_decay)  # built after loading: it averages from those weights
         if resume:
             self._resume(state_path)
@@ -186,6 +192,24 @@ class Trainer:
             raise ValueError(f"{p} holds no base tokenizer weights (no 'base.*' keys)")
         load_state_dict_strict(self.model.base, state)
         self.log({"event": "base_from", "path": str(p)})
+
+    def _fit_linear_code(self, dataset, n: int = 4096) -> None:
+        """Fit the model's linear code (PCA of base latents) on ``n`` training images, once per run.
+
+        Every process draws the same images (the dataset's own order, not the sharded stream),
+        so the ranks of a distributed run fit the same code.
+        """
+        if dataset is None:
+            raise ValueError("model.linear_code is on: the trainer needs training images (fit_data=) to fit it")
+        images = take_images(dataset, n)
+        with torch.no_grad():
+            latents = torch.cat([self.model.base_encode(images[i:i + 256].to(self.device)).features.float()
+                                 for i in range(0, len(images), 256)])
+        stats = self.model.linear_code.fit(latents)
+        self.log({"event": "linear_code_fit", **stats})
+        if self.show_progress:
+            print(f"linear code: PCA of {stats['samples']} training latents, {stats['components']} components, "
+                  f"{100 * stats['explained_variance']:.1f}% of the variance", flush=True)
 
     def _resume(self, path: Path) -> None:
         state = read_state(path, self.device)
@@ -415,6 +439,19 @@ def infinite_batches(dataset, batch_size: int, dist_info: DistInfo, seed: int = 
         epoch, skip = epoch + 1, 0
 
 
+def take_images(dataset, n: int) -> Tensor:
+    """``n`` images [n, 3, S, S] of a dataset: evenly spread over a sized one (a folder sorted by
+    class gives every class), the first ``n`` of a stream; fewer if the dataset is smaller."""
+    if hasattr(dataset, "__len__") and hasattr(dataset, "__getitem__"):
+        idx = torch.linspace(0, len(dataset) - 1, min(n, len(dataset))).round().long().unique()
+        items = [dataset[int(i)] for i in idx]
+    else:
+        items = list(itertools.islice(iter(dataset), n))
+    if not items:
+        raise ValueError("no training images to fit the linear code on")
+    return torch.stack([x[0] if isinstance(x, (tuple, list)) else x for x in items])
+
+
 def _too_small(dataset, batch_size: int, world_size: int) -> str:
     """The error for a set smaller than one global batch; says so when its files do not decode."""
     n = len(dataset)
@@ -436,8 +473,8 @@ def train(cfg: ExperimentConfig, restart: bool = False, device: str | None = Non
     from karl.data.datasets import build_dataset
 
     info = init_distributed()
-    trainer = Trainer(cfg, info, restart=restart, device=device, show_progress=show_progress)
     dataset = build_dataset(cfg.data, cfg.model.image_size, split="train")
+    trainer = Trainer(cfg, info, restart=restart, device=device, show_progress=show_progress, fit_data=dataset)
     data = infinite_batches(dataset, cfg.train.batch_size, info, seed=cfg.train.seed,
                             num_workers=cfg.train.num_workers, start_batch=trainer.step)
     trainer.run(data)

@@ -162,10 +162,10 @@ def _phase_parts(phase: str, rec_parts: dict[str, float], halt: Tensor, q_loss: 
 
 
 def eic_phase(model: KARL, images: Tensor, tokens2d: Tensor, budget: int, recon: ReconLoss,
-              cfg: TrainConfig, generator: torch.Generator) -> tuple[PhaseOutput, Tensor]:
+              cfg: TrainConfig, generator: torch.Generator, grid: Tensor | None = None) -> tuple[PhaseOutput, Tensor]:
     """Returns the EIC loss and e_T [b], each image's pixel L1 with T tokens (no grad)."""
     b = images.shape[0]
-    z, halt_logits = model.forward_encoder(tokens2d, eic_bins(model, cfg, b, generator), budget)
+    z, halt_logits = model.forward_encoder(tokens2d, eic_bins(model, cfg, b, generator), budget, grid)
     latents, _, q_loss = model.quantize_latents(z)
     head = model.forward_decoder(latents, torch.ones_like(halt_logits, dtype=torch.bool))
     rec, rec_parts, recon_images = recon(head)
@@ -194,12 +194,13 @@ def ltc_labels(model: KARL, images: Tensor, latents: Tensor, cond: Tensor, free:
 
 
 def ltc_phase(model: KARL, images: Tensor, tokens2d: Tensor, budget: int, e_t: Tensor,
-              recon: ReconLoss, cfg: TrainConfig, generator: torch.Generator | None = None) -> PhaseOutput:
+              recon: ReconLoss, cfg: TrainConfig, generator: torch.Generator | None = None,
+              grid: Tensor | None = None) -> PhaseOutput:
     k = model.max_tokens
     if generator is None:
         generator = torch.Generator().manual_seed(0)
     cond, free = ltc_conditions(model, e_t, cfg, generator)
-    z, halt_logits = model.forward_encoder(tokens2d, cond, k)
+    z, halt_logits = model.forward_encoder(tokens2d, cond, k, grid)
     latents, _, q_loss = model.quantize_latents(z)
     keep = (halt_logits.detach().float().sigmoid() <= model.config.halt_threshold)
     head = model.forward_decoder(latents, keep)
@@ -230,7 +231,7 @@ def karl_iteration(model: KARL, images: Tensor, recon: ReconLoss, cfg: TrainConf
             grid = model.base_encode(images)
     tokens2d = model.embed_grid(images, grid.features)
     recon = recon.with_target(grid.target)
-    eic, e_t = eic_phase(model, images, tokens2d, budget, recon, cfg, generator)
-    ltc = ltc_phase(model, images, tokens2d, budget, e_t, recon, cfg, generator)
+    eic, e_t = eic_phase(model, images, tokens2d, budget, recon, cfg, generator, grid.features)
+    ltc = ltc_phase(model, images, tokens2d, budget, e_t, recon, cfg, generator, grid.features)
     parts = {"loss": (eic.loss + ltc.loss).item(), "budget": float(budget), **eic.parts, **ltc.parts}
     return eic.loss + ltc.loss, parts, {"eic": eic.images, "ltc": ltc.images}
