@@ -5,8 +5,10 @@
 
 ``--data``: any data spec (``karl/data/spec.py``, as ``karl-eval --data``): a folder of images,
 ``procedural`` (generated images), ``corpus`` (the offline photo corpus in ``data_cache/corpus``,
-built on first use), an image file, a glob, ``imagefolder:PATH`` or a Hugging Face name. At most
-``--max-images`` images (default 64) are used, so the report builds on a CPU in minutes.
+built on first use), an image file, a glob, ``imagefolder:PATH`` or a Hugging Face name, read by
+``karl.data.imageset.open_images`` (the same images as every tool). At most ``--max-images``
+images (default 64; a larger set gives its ``--seed`` subset) are used, so the report builds on a
+CPU in minutes.
 Plotly's JavaScript is inlined once, so the file works offline.
 """
 
@@ -32,7 +34,7 @@ from analysis import (compute_delta, compute_description_length, compute_gallery
 from analysis._common import check_images
 from analysis.gallery import _thumb_uri
 from analysis.human import DEFAULT_EPSILONS, PROXY_SIZE, load_human, subsample_per_category
-from analysis.data import load_corpus, load_data, load_image_folder  # noqa: F401 (public here too)
+from analysis.data import load_data
 from karl.data.spec import DataSpecError, parse_data_spec
 
 BUNDLED_CHECKPOINT = Path("assets/checkpoints/karl_cpu")

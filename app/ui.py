@@ -201,7 +201,6 @@ def load_analysis_set(model, source: str, files) -> tuple[Any, list[str], list[s
     import torch
 
     from app.batch import no_readable_image, prepare_inputs
-    from karl.data.spec import parse_data_spec
 
     size, notes = model.image_size, []
     if source == "probes":
@@ -209,10 +208,16 @@ def load_analysis_set(model, source: str, files) -> tuple[Any, list[str], list[s
         images, names = standard_probe_images(size)
         return images, list(names), notes
     if source == "examples":
-        # A data spec like karl-eval's --data (karl/data/spec.py): the same files, in the same order.
-        # As strings: prepare_inputs reads an object's .name as its path, and a Path's is its basename.
-        files = [str(p) for p in parse_data_spec(EXAMPLES_DIR).image_files()] if EXAMPLES_DIR.is_dir() else []
-    elif not files:
+        # The folder as a data spec, read by the one image-source layer: the images karl-eval,
+        # karl-complexity and the report get for it (karl/data/imageset.py).
+        from karl.data.imageset import open_images
+        if not EXAMPLES_DIR.is_dir():
+            raise no_readable_image([], "the images of this set")
+        images, names, skipped = open_images(EXAMPLES_DIR, size, MAX_ANALYSIS_IMAGES).load_all()
+        if not names:
+            raise no_readable_image(skipped, "the images of this set")
+        return images, names, notes + [f"skipped {n}: {r}" for n, r in skipped[:10]]
+    if not files:
         raise inf.InputError("No files: upload images or a zip first, or choose a built-in set.")
     # Streams and decodes: only the small model inputs stay in memory (see prepare_inputs).
     prepared, skipped = prepare_inputs(files, size, max_images=MAX_ANALYSIS_IMAGES)

@@ -19,21 +19,21 @@ scored, 2 on bad arguments or an unloadable model.
 from __future__ import annotations
 
 import argparse
-import csv
 import hashlib
 import json
 import logging
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import Tensor
 
-from karl.data.spec import (GLOB_CHARS, DataSpec, DataSpecError, MissingPathError, ensure_corpus, load_hf_split,
-                            parse_data_spec)
+from karl.data.imageset import ImageSet, open_images
+from karl.data.spec import GLOB_CHARS, DataSpec, DataSpecError, HFLoadError, MissingPathError, parse_data_spec
 from karl.precision import PRECISIONS, resolve_precision, set_precision
+from karl.results_csv import ResultsCSV, ResultsFileError
 
 __all__ = ["main", "collect_images", "score_batch", "resolved_precision", "FIELDS",
            "ComplexityError", "ImageItem"]
@@ -61,91 +61,37 @@ def resolved_precision(precision: str, device: torch.device, model=None) -> str:
 
 @dataclass(frozen=True)
 class ImageItem:
-    id: str                 # the CSV's path column
-    source: Any             # what karl.data.images.load_image reads (a path, bytes), or a ProceduralImage
+    id: str                 # the CSV's path column: the image's file where it has one, else its set's id
+    images: ImageSet        # the set it comes from (karl.data.imageset: the same images as every tool)
+    index: int              # its index there
 
 
-def _read_list(list_file: Path) -> list[ImageItem]:
-    """A text file with one image path a line; blank lines and '#' comments are ignored.
-
-    Relative paths are taken relative to the list file's folder when they exist there,
-    else relative to the working directory.
-    """
-    items = []
-    for line in list_file.read_text(errors="replace").splitlines():
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        p = Path(line).expanduser()
-        if not p.is_absolute() and (list_file.parent / p).exists():
-            p = list_file.parent / p
-        items.append(ImageItem(str(p), p))
-    return items
-
-
-@dataclass(frozen=True)
-class ProceduralImage:
-    """``procedural[:N]`` image ``seed``, rendered at the model's input size when it is read."""
-    seed: int
-
-    def render(self, size: int):
-        from karl.data.images import to_pil
-        from karl.data.procedural import generate
-        return to_pil(generate(seed=self.seed, size=size).image)
-
-
-def _hf_items(spec: DataSpec, split: str, image_key: str) -> list[ImageItem]:
-    """A Hugging Face data set (imagefolder:PATH or a Hub name); images stay undecoded so a bad
-    file is skipped, not fatal."""
-    try:
-        import datasets
-        ds, split = load_hf_split(spec, [split], image_key)
-        ds = ds.cast_column(image_key, datasets.Image(decode=False))
-    except DataSpecError as err:  # a typo'd folder name reads as a data set name: say both
-        local = f" ({spec.text!r} is no local file or folder either)" if spec.kind == "hf" else ""
-        raise ComplexityError(f"{err}{local}") from None
-    items = []
-    for i, row in enumerate(ds[image_key]):
-        if row.get("path"):
-            items.append(ImageItem(row["path"], row["bytes"] if row.get("bytes") else row["path"]))
-        else:
-            items.append(ImageItem(f"{spec.text}/{split}/{i}", row["bytes"]))
-    return items
-
-
-def _parse(text: str) -> DataSpec:
+def _open(text: str, split: str | None, image_key: str) -> tuple[ImageSet, DataSpec]:
+    """One spec through the shared image-source layer, with karl-complexity's one-line errors."""
     try:
         spec = parse_data_spec(text)
-        return parse_data_spec(ensure_corpus(spec.path)) if spec.kind == "corpus" else spec
+        return open_images(spec, 0, split=split, image_key=image_key), spec  # sized when read
     except MissingPathError as err:
         if not (GLOB_CHARS & set(text) or text.startswith("imagefolder:")):  # also file lists: say so
             raise ComplexityError(f"{text!r}: no such folder, image file, file list or glob match") from None
         raise ComplexityError(str(err)) from None
+    except HFLoadError as err:  # a typo'd folder name reads as a data set name: say both
+        local = f" ({text!r} is no local file or folder either)" if not text.startswith("imagefolder:") else ""
+        raise ComplexityError(f"{err}{local}") from None
     except DataSpecError as err:
         raise ComplexityError(str(err)) from None
 
 
-def _expand(text: str, split: str, image_key: str) -> list[ImageItem]:
-    """The images of one data spec (:mod:`karl.data.spec`), or of a file listing image paths."""
+def collect_images(specs: list[str], split: str | None = None, image_key: str = "image") -> list[ImageItem]:
+    """All images named by ``specs`` (:func:`karl.data.imageset.open_images`), in order, each once."""
     from karl.data.images import IMAGE_EXTENSIONS
-    spec = _parse(text)
-    if spec.kind in ("imagefolder", "hf"):
-        return _hf_items(spec, split, image_key)
-    if spec.kind == "procedural":
-        return [ImageItem(f"procedural/{i:05d}", ProceduralImage(i)) for i in range(spec.count or 64)]
-    if spec.kind == "file":
-        if spec.path.suffix.lower() in IMAGE_EXTENSIONS:
-            return [ImageItem(text, spec.path)]
-        return _read_list(spec.path)
-    return [ImageItem(str(p), p) for p in spec.image_files()]  # a folder (recursive) or a glob
-
-
-def collect_images(specs: list[str], split: str = "train", image_key: str = "image") -> list[ImageItem]:
-    """All images named by ``specs``, in order, each once."""
     seen: dict[str, ImageItem] = {}
-    for spec in specs:
-        for item in _expand(spec, split, image_key):
-            seen.setdefault(item.id, item)
+    for text in specs:
+        images, spec = _open(text, split, image_key)
+        one_file = spec.kind == "file" and spec.path.suffix.lower() in IMAGE_EXTENSIONS
+        for i in range(len(images)):
+            name = text if one_file else images.file(i) or images.ids[i]
+            seen.setdefault(name, ImageItem(name, images, i))
     return list(seen.values())
 
 
@@ -159,14 +105,13 @@ class _Images(torch.utils.data.Dataset):
         return len(self.items)
 
     def __getitem__(self, i: int):
-        from karl.data.images import ImageLoadError, load_image, preprocess
+        item = self.items[i]
         try:
-            src = self.items[i].source
-            src = src.render(self.size) if isinstance(src, ProceduralImage) else src
-            return i, preprocess(load_image(src), self.size), None  # = karl-eval's protocol
-        except (ImageLoadError, OSError, ValueError) as err:
-            msg = str(err)  # ImageLoadError names the file first; skipped.txt has it in column 1
-            return i, None, msg.split(": ", 1)[1] if msg.startswith(f"{self.items[i].source}: ") else msg
+            return i, item.images.load(item.index, self.size), None  # = karl-eval's images
+        except (OSError, ValueError) as err:  # ImageLoadError is a ValueError
+            msg, name = str(err), item.images.file(item.index) or item.id
+            # ImageLoadError names the file first; skipped.txt has it in column 1
+            return i, None, msg.split(": ", 1)[1] if msg.startswith(f"{name}: ") else msg
 
 
 def _collate(batch: list) -> list:
@@ -204,19 +149,10 @@ def _eps_key(eps: float | str) -> str:
     return f"{float(eps):g}"
 
 
-def _read_done(csv_path: Path) -> set[tuple[str, str]]:
-    """(path, epsilon) pairs already in the CSV; a last line cut short by a crash is dropped."""
-    if not csv_path.is_file() or csv_path.stat().st_size == 0:
-        return set()
-    data = csv_path.read_bytes()
-    if not data.endswith(b"\n"):  # interrupted mid-row: cut back to the last full line
-        csv_path.write_bytes(data[:data.rfind(b"\n") + 1])
-    with open(csv_path, newline="") as fh:
-        reader = csv.DictReader(fh)
-        if reader.fieldnames != FIELDS:
-            raise ComplexityError(f"{csv_path} has columns {reader.fieldnames}, not {FIELDS}: "
-                                  "pass --overwrite or another --out")
-        return {(r["path"], _eps_key(r["epsilon"])) for r in reader if r.get("l1") not in (None, "")}
+def results_file(csv_path: Path) -> ResultsCSV:
+    """The CSV as the shared resumable writer (karl/results_csv.py): a line cut short by a crash is
+    redone, a (path, epsilon) pair is never written twice, other columns are refused."""
+    return ResultsCSV(csv_path, FIELDS, ("path", "epsilon"))
 
 
 def _check_run(run_path: Path, fingerprint: dict, overwrite: bool, csv_path: Path) -> None:
@@ -287,7 +223,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "(the fastest of these measured on this machine, karl/autoprecision.py)")
     p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda if available)")
     p.add_argument("--workers", type=int, default=0, help="image-loading worker processes (default 0)")
-    p.add_argument("--split", default="train", help="Hugging Face / imagefolder split (default train)")
+    p.add_argument("--split", help="Hugging Face / imagefolder split (default: validation for a Hub set, "
+                                   "train for an imagefolder, as karl-eval)")
     p.add_argument("--image-key", default="image", help="Hugging Face / imagefolder image column")
     p.add_argument("--overwrite", action="store_true", help="discard an existing CSV instead of resuming")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -302,18 +239,9 @@ def _load(args) -> Any:
     return load_model(args.checkpoint, args.trust_official, device), device
 
 
-def _write_rows(writer, fh, items: list[ImageItem], idx: list[int], scores, epsilons, done) -> int:
-    n = 0
-    for b, i in enumerate(idx):
-        for e, eps in enumerate(epsilons):
-            key = (items[i].id, _eps_key(eps))
-            if key in done:
-                continue
-            writer.writerow({"path": items[i].id, "epsilon": _eps_key(eps), **scores[e][b]})
-            done.add(key)
-            n += 1
-    fh.flush()
-    return n
+def _rows(items: list[ImageItem], idx: list[int], scores, epsilons) -> list[dict]:
+    return [{"path": items[i].id, "epsilon": _eps_key(eps), **scores[e][b]}
+            for b, i in enumerate(idx) for e, eps in enumerate(epsilons)]
 
 
 def run(args: argparse.Namespace) -> tuple[int, int, int]:
@@ -333,28 +261,27 @@ def run(args: argparse.Namespace) -> tuple[int, int, int]:
         out.unlink()
     _check_run(out.with_suffix(".run.json"), _fingerprint(model, args.checkpoint, args.precision, device),
                args.overwrite, out)
-    done = _read_done(out)
+    try:
+        results = results_file(out)
+        done = results.done()
+    except ResultsFileError as err:
+        raise ComplexityError(str(err)) from None
     todo = [i for i, it in enumerate(items) if any((it.id, _eps_key(e)) not in done for e in epsilons)]
     log.info("%d images, %d epsilons; %d already in %s, %d to score on %s (%s)", len(items), len(epsilons),
              len(items) - len(todo), out, len(todo), device, args.precision)
-    scored, skipped = _score_all(model, items, todo, epsilons, args, out, done)
+    scored, skipped = _score_all(model, items, todo, epsilons, args, results)
     (out.parent / "skipped.txt").write_text("".join(f"{items[i].id}\t{why}\n" for i, why in skipped))
     with_rows = sum(all((it.id, _eps_key(e)) in done for e in epsilons) for it in items)
     return scored, with_rows, len(skipped)
 
 
-def _score_all(model, items, todo, epsilons, args, out: Path, done) -> tuple[int, list[tuple[int, str]]]:
+def _score_all(model, items, todo, epsilons, args, results: ResultsCSV) -> tuple[int, list[tuple[int, str]]]:
     from tqdm import tqdm
     sub = torch.utils.data.Subset(_Images(items, model.image_size), todo)
     loader = torch.utils.data.DataLoader(sub, batch_size=args.batch_size, num_workers=args.workers,
                                          collate_fn=_collate)
-    new_file = not out.is_file() or out.stat().st_size == 0
     scored, skipped = 0, []
-    with open(out, "a", newline="") as fh, tqdm(total=len(todo), unit="img", disable=args.no_progress,
-                                                 desc="karl-complexity") as bar:
-        writer = csv.DictWriter(fh, fieldnames=FIELDS)
-        if new_file:
-            writer.writeheader()
+    with tqdm(total=len(todo), unit="img", disable=args.no_progress, desc="karl-complexity") as bar:
         for batch in loader:
             good = [(i, x) for i, x, _ in batch if x is not None]
             for i, _, why in batch:
@@ -364,7 +291,7 @@ def _score_all(model, items, todo, epsilons, args, out: Path, done) -> tuple[int
             if good:
                 idx = [i for i, _ in good]
                 scores = score_batch(model, torch.stack([x for _, x in good]), epsilons)
-                _write_rows(writer, fh, items, idx, scores, epsilons, done)
+                results.append(_rows(items, idx, scores, epsilons))  # rows already there are dropped
                 scored += len(good)
             bar.update(len(batch))
     return scored, skipped

@@ -136,72 +136,109 @@ def test_ensure_corpus_builds_only_when_the_manifest_is_missing(tmp_path, monkey
 
 # ----------------------------------------------------------------------------- every consumer
 
-def _consumers(text: str, size: int = 32):
-    """(ids, images) of the spec as read by karl-eval, the report and karl-complexity."""
+def _consumers(text: str, size: int = 32, max_images: int | None = None):
+    """{tool: (ids, images [N, 3, size, size])} of one spec as karl-eval, the report and
+    karl-complexity read it (the report's ``max_images`` defaults to 64, as its CLI)."""
     from analysis.report import load_data
     from karl.complexity import _Images, collect_images
     from karl.eval import open_source
 
-    src = open_source(text, size)
-    ev = (src.ids, torch.stack([src.load(i) for i in range(len(src.ids))]))
-    images, names, _ = load_data(text, size, max_images=64)
-    items = collect_images([text])
-    cx = [_Images(items, size)[i] for i in range(len(items))]
-    return ev, (names, images), ([it.id for it in items], torch.stack([t for _, t, _ in cx]))
+    src = open_source(text, size, max_images)
+    out = {"eval": (src.ids, torch.stack([src.load(i) for i in range(len(src.ids))]))}
+    images, names, _ = load_data(text, size, max_images=max_images or 64)
+    out["report"] = (names, images)
+    if max_images is None:  # karl-complexity scores every image of a spec
+        items = collect_images([text])
+        cx = [_Images(items, size)[i] for i in range(len(items))]
+        out["complexity"] = ([it.id for it in items], torch.stack([t for _, t, _ in cx]))
+    return out
 
 
-def test_eval_report_and_complexity_read_the_same_folder(folder):
-    (ev_ids, ev), (rep_names, rep), (cx_ids, cx) = _consumers(str(folder))
-    assert ev_ids == rep_names == ["a/img0.png", "a/img1.png", "a/img2.png", "b/img3.png", "b/img4.png"]
-    assert [Path(i).relative_to(folder).as_posix() for i in cx_ids] == ev_ids
-    assert torch.equal(ev, rep) and torch.equal(ev, cx)
+def _assert_same_images(got: dict, ids: list[str]):
+    """Every tool: the same images, in the same order; eval and the report also name them alike."""
+    assert got["eval"][0] == got["report"][0] == ids
+    first = got["eval"][1]
+    assert all(torch.equal(first, x) for _, x in got.values()), {k: x.shape for k, (_, x) in got.items()}
+    if "complexity" in got:
+        assert len(got["complexity"][0]) == len(ids)
 
 
-def test_eval_report_and_complexity_read_the_same_glob_and_file(folder):
-    (ev_ids, ev), (rep_names, rep), (cx_ids, cx) = _consumers(f"{folder}/b/*.png")
-    assert ev_ids == rep_names == cx_ids == [str(folder / "b" / "img3.png"), str(folder / "b" / "img4.png")]
-    assert torch.equal(ev, rep) and torch.equal(ev, cx)
-    (ev_ids, ev), (rep_names, rep), (_, cx) = _consumers(str(folder / "a" / "img1.png"))
-    assert ev_ids == rep_names == ["img1.png"] and torch.equal(ev, rep) and torch.equal(ev, cx)
+def test_every_tool_reads_a_folder_as_the_same_images(folder):
+    got = _consumers(str(folder))
+    _assert_same_images(got, ["a/img0.png", "a/img1.png", "a/img2.png", "b/img3.png", "b/img4.png"])
+    assert [Path(i).relative_to(folder).as_posix() for i in got["complexity"][0]] == got["eval"][0]
 
 
-def test_every_consumer_reads_procedural_n_and_an_imagefolder(folder):
+def test_every_tool_reads_a_glob_a_file_and_a_file_list_alike(folder, tmp_path):
+    got = _consumers(f"{folder}/b/*.png")
+    _assert_same_images(got, [str(folder / "b" / "img3.png"), str(folder / "b" / "img4.png")])
+    assert got["complexity"][0] == got["eval"][0]
+    got = _consumers(str(folder / "a" / "img1.png"))
+    _assert_same_images(got, ["img1.png"])
+    lst = tmp_path / "list.txt"
+    lst.write_text(f"# two images\n{folder / 'b' / 'img4.png'}\n\nimgs/a/img0.png\n")
+    got = _consumers(str(lst))  # a relative line is read relative to the list's folder
+    _assert_same_images(got, [str(folder / "b" / "img4.png"), str(folder / "a" / "img0.png")])
+
+
+def test_every_tool_reads_procedural_n_as_seeds_0_to_n_minus_1():
+    from karl.data.procedural import generate
+
+    got = _consumers("procedural:3")
+    _assert_same_images(got, ["procedural/00000", "procedural/00001", "procedural/00002"])
+    assert got["complexity"][0] == got["eval"][0]
+    assert torch.equal(got["eval"][1][2], generate(seed=2, size=32).image)
+    # a plain ``procedural`` is max_images images (64 without a limit): the first of them alike
+    _assert_same_images(_consumers("procedural", max_images=2), ["procedural/00000", "procedural/00001"])
+
+
+def test_max_images_is_the_same_seeded_subset_in_every_tool(folder):
+    from karl.data.imageset import open_images, subset_indices
+
+    got = _consumers(str(folder), max_images=3)
+    every = open_images(folder, 32).ids
+    _assert_same_images(got, [every[i] for i in subset_indices(5, 3)])
+    assert "3 of 5 images" in open_images(folder, 32, max_images=3).description
+    assert open_images(folder, 32, max_images=3, seed=1).ids != got["eval"][0]  # the report's --seed
+    assert subset_indices(5, 3) == sorted(subset_indices(5, 3)) and subset_indices(5, 9) == list(range(5))
+
+
+def test_every_tool_reads_an_imagefolder_alike(folder):
     pytest.importorskip("datasets")
-    from analysis.report import load_data
-    from karl.complexity import collect_images
-    from karl.eval import open_source
-
-    assert len(open_source("procedural:3", 32).ids) == 3
-    assert len(load_data("procedural:3", 32, max_images=64)[1]) == 3
-    assert [it.id for it in collect_images(["procedural:3"])] == ["procedural/00000", "procedural/00001",
-                                                                 "procedural/00002"]
-    text = f"imagefolder:{folder}"
-    assert len(open_source(text, 32).ids) == len(load_data(text, 32)[1]) == len(collect_images([text])) == 5
+    got = _consumers(f"imagefolder:{folder}")
+    _assert_same_images(got, [f"imagefolder:{folder}/train/{i}" for i in range(5)])
+    assert sorted(Path(i).name for i in got["complexity"][0]) == [f"img{i}.png" for i in range(5)]
 
 
-def test_eval_and_complexity_read_the_corpus_as_its_folder(folder, tmp_path, monkeypatch):
-    from karl.complexity import collect_images
-    from karl.eval import open_source
-
+def test_every_tool_reads_the_corpus_as_its_photos(folder, tmp_path, monkeypatch):
     root = tmp_path / S.DEFAULT_CORPUS
     root.mkdir(parents=True)
     for p in sorted(folder.rglob("*.png"))[:2]:
         (root / p.name).write_bytes(p.read_bytes())
     (root / "manifest.json").write_text(json.dumps({"entries": []}))  # present: nothing is built
     monkeypatch.chdir(tmp_path)
-    assert open_source("corpus", 32).ids == ["img0.png", "img1.png"]
-    assert [Path(it.id).name for it in collect_images(["corpus"])] == ["img0.png", "img1.png"]
+    got = _consumers("corpus")
+    _assert_same_images(got, ["img0.png", "img1.png"])
+    assert [Path(i).name for i in got["complexity"][0]] == ["img0.png", "img1.png"]
 
 
-def test_the_apps_example_set_is_the_same_folder_spec(folder, monkeypatch):
+def test_the_apps_example_set_is_what_every_tool_reads(folder, monkeypatch):
     pytest.importorskip("gradio")
     from app import ui
     from karl import build_model
 
     monkeypatch.setattr(ui, "EXAMPLES_DIR", folder)
     images, names, notes = ui.load_analysis_set(build_model("tiny", seed=0), "examples", None)
-    files = parse_data_spec(folder).image_files()
-    assert names == [f.name for f in files] and images.shape == (5, 3, 32, 32) and notes == []
+    ev_ids, ev = _consumers(str(folder))["eval"]
+    assert names == ev_ids and torch.equal(images, ev) and notes == []
+
+
+def test_training_eval_split_of_a_folder_is_the_same_images(folder):
+    from karl.data.datasets import build_dataset
+
+    evalset = build_dataset(DataConfig(source="folder", path=str(folder)), 32, "eval")
+    ev_ids, ev = _consumers(str(folder))["eval"]
+    assert torch.equal(torch.stack([evalset[i] for i in range(len(evalset))]), ev)
 
 
 def test_consumers_turn_bad_specs_into_their_one_line_errors(tmp_path, capsys):

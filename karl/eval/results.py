@@ -1,47 +1,37 @@
-"""The results folder: per-image CSV rows appended after every batch, resume (rows already
-there are skipped), the merge of torchrun parts, and run.json's fingerprint."""
+"""The results folder: per-image CSV rows appended after every batch (the shared resumable writer,
+karl/results_csv.py), the merge of torchrun parts, and run.json's fingerprint."""
 
 from __future__ import annotations
 
-import csv
-import io
 import json
-import os
 from pathlib import Path
 
-
 from karl.eval.regimes import EvalError, Task
-
+from karl.results_csv import ResultsCSV, ResultsFileError, row_key
 
 CSV_FIELDS = ["image_id", "regime", "epsilon", "budget", "tokens", "reached", "encoder_runs",
               "decoder_runs", "l1", "psnr", "ssim", "lpips", "time_s"]
 # run.json fields that must match for a rerun to append to existing rows
 FINGERPRINT_KEYS = ("checkpoint", "model_config", "data", "image_size", "lpips_net",
                     "prefix_condition", "linear_step", "binary_step", "iterative_step", "precision")
+ROW_KEY = ("image_id", "regime", "epsilon", "budget")  # one row per image and task
+
+
+def results_file(path: Path) -> ResultsCSV:
+    """``per_image.csv`` or a rank's part: the shared resumable writer (karl/results_csv.py)."""
+    return ResultsCSV(path, CSV_FIELDS, ROW_KEY)
 
 
 def _read_csv(path: Path) -> list[dict]:
-    if not path.is_file():
-        return []
-    with open(path, newline="") as fh:
-        # a row cut short by a crash has missing fields (None): drop it, it will be redone
-        return [r for r in csv.DictReader(fh) if r.get("time_s") not in (None, "")]
+    """The complete rows of ``path`` (a row cut short by a crash is left out: it will be redone)."""
+    try:
+        return results_file(path).read()
+    except ResultsFileError as err:
+        raise EvalError(str(err)) from None
 
 
-def _append_csv(path: Path, rows: list[dict]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, CSV_FIELDS, lineterminator="\n")
-    if not path.is_file() or path.stat().st_size == 0:
-        writer.writeheader()
-    writer.writerows(rows)
-    with open(path, "a", newline="") as fh:  # one write per batch
-        fh.write(buf.getvalue())
-        fh.flush()
-
-
-def _row_key(r: dict) -> tuple[str, str, str, str]:
-    return r["image_id"], r["regime"], r["epsilon"], r["budget"]
+def _row_key(r: dict) -> tuple[str, ...]:
+    return row_key(r, ROW_KEY)
 
 
 def _all_rows(out: Path) -> list[dict]:
@@ -60,10 +50,7 @@ def merge_results(out: Path, order: list[str], tasks: list[Task]) -> list[dict]:
     tpos = {t.key: n for n, t in enumerate(tasks)}
     rows = sorted(seen.values(), key=lambda r: (pos.get(r["image_id"], len(pos)), r["image_id"],
                                                 tpos.get(_row_key(r)[1:], len(tpos)), _row_key(r)))
-    tmp = out / "per_image.csv.tmp"
-    tmp.unlink(missing_ok=True)
-    _append_csv(tmp, rows)
-    os.replace(tmp, out / "per_image.csv")
+    results_file(out / "per_image.csv").rewrite(rows)
     for part in (out / "parts").glob("per_image.rank*.csv"):
         part.unlink()
     return rows

@@ -14,7 +14,7 @@ from torch import Tensor
 from karl.model import KARL
 from karl.search import MethodResult, subset_grid
 from karl.eval.regimes import Plan, Task, _sync, fmt_eps, run_task, timed
-from karl.eval.results import _all_rows, _append_csv, _row_key
+from karl.eval.results import _all_rows, _row_key, results_file
 from karl.eval.rfid import RfidCollector
 from karl.eval.sources import ImageSource
 
@@ -149,7 +149,7 @@ def evaluate_shard(ctx: Context, tasks: list[Task]) -> RfidCollector | None:
     log(ctx, f"{len(ids)} images x {len(tasks)} tasks: {len(ids) - len(pending)} images already done "
              f"(skipped), {len(pending)} to do on {ctx.world} process(es)")
     todo = [i for i in pending if i % ctx.world == ctx.rank]
-    part = ctx.out / ("per_image.csv" if ctx.world == 1 else f"parts/per_image.rank{ctx.rank}.csv")
+    part = results_file(ctx.out / ("per_image.csv" if ctx.world == 1 else f"parts/per_image.rank{ctx.rank}.csv"))
     rfid = RfidCollector(ctx.out, ctx.rank, ctx.device) if ctx.with_rfid else None
     skipped: list[str] = []
     bs = ctx.batch_size
@@ -161,7 +161,7 @@ def evaluate_shard(ctx: Context, tasks: list[Task]) -> RfidCollector | None:
                 x = torch.stack(imgs).to(ctx.device)
                 if start == 0:
                     warm_up(ctx, tasks, x[:1])
-                _append_csv(part, evaluate_batch(ctx, tasks, idxs, x, done, rfid))
+                part.append(evaluate_batch(ctx, tasks, idxs, x, done, rfid))
             bar.update(min(bs, len(todo) - start))
     if skipped:
         with open(ctx.out / f"skipped.rank{ctx.rank}.txt", "a") as fh:
