@@ -7,6 +7,8 @@
 - :mod:`karl.data.datasets`: ``build_dataset(data_cfg, image_size, split)``.
 - :mod:`karl.data.spec`: ``parse_data_spec`` (the data spec every tool reads), ``load_hf_split``,
   ``ensure_corpus``.
+- :mod:`karl.data.imageset`: ``open_images(spec, size, max_images, seed)``, the one dispatch from a
+  spec to a fixed set of images (karl-eval, karl-complexity, the report, the app).
 """
 
 from karl.data.corpus import RandomCropDataset, build_corpus, load_manifest, split_sources

@@ -1,7 +1,8 @@
 """Where the images come from: one data spec string, parsed once for every tool.
 
 ``karl-eval --data``, ``python -m analysis.report --data``, ``karl-complexity IMAGES`` and the
-app's built-in image set all read the same strings:
+app's built-in image set all read the same strings, through one function,
+:func:`karl.data.imageset.open_images` (the images a spec names):
 
 ==================  ============  =====================================================
 spec                kind          meaning
@@ -12,7 +13,7 @@ spec                kind          meaning
                                   from installed packages on first use
 ``imagefolder:DIR`` imagefolder   a Hugging Face ``imagefolder`` data set in DIR
 ``path/to/dir``     folder        a folder of images (recursive)
-``path/to/x.png``   file          one image file (karl-complexity: or a list of paths)
+``path/to/x.png``   file          one image file, or a text file listing image paths
 ``'data/*.jpg'``    glob          the files a glob matches (``**`` recurses)
 ``org/name``        hf            a Hugging Face data set (Hub or its local cache)
 ==================  ============  =====================================================

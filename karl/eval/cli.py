@@ -109,7 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prefix-condition", default="strictest",
                    help="epsilon the prefix searches' single encoding is conditioned on: 'strictest' "
                         "(the smallest --epsilon, one encoding for all targets), 'target', or a number")
-    p.add_argument("--max-images", type=int, help="use the first N images")
+    p.add_argument("--max-images", type=int, help="a seeded subset of N images (seed 0), the one every "
+                                                  "tool takes (karl.data.imageset)")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--lpips-net", default="alex", choices=["alex", "vgg", "none"])
     p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda:LOCAL_RANK if available)")
