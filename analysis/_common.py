@@ -110,32 +110,56 @@ def progress(iterable, total: int | None = None, desc: str = "", enabled: bool =
     return tqdm(iterable, total=total, desc=desc, leave=False)
 
 
-@torch.no_grad()
-def encode_many(model, images: Tensor, epsilons: Sequence[float], budget: int | None = None,
-                batch_size: int = 64, show_progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """Halting probabilities [N, E, K] and keep masks [N, E, K] of N images at E epsilons.
+def epsilons_arg(text: str) -> tuple[float, ...]:
+    """argparse type: epsilons separated by commas, by karl's one rule (``karl.model.parse_epsilons``:
+    finite and >= 0; above the largest loss bin, conditioned on that bin, with a warning)."""
+    import argparse
+    import sys
 
-    Every (image, epsilon) pair is one row of a batched encoder pass: images are repeated
-    E times with a per-row epsilon tensor. The base tokenizer runs once per image.
-    """
-    from karl.base_tokenizers import BaseGrid
+    from karl.config import LOSS_BINS
+    from karl.model import RequestError, parse_epsilons
+    try:
+        eps, notices = parse_epsilons(text, LOSS_BINS, "epsilon")
+    except RequestError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+    for n in notices:
+        print(f"warning: {n}", file=sys.stderr)
+    return tuple(eps)
+
+
+def epsilon_arg(text: str) -> float:
+    """argparse type: one epsilon by karl's one rule (:func:`epsilons_arg`)."""
+    import argparse
+
+    eps = epsilons_arg(text)
+    if len(eps) != 1:
+        raise argparse.ArgumentTypeError(f"expected one number, got {text!r}")
+    return eps[0]
+
+
+def epsilon_row(epsilons: Sequence[float] | np.ndarray, epsilon: float) -> int:
+    """Index of the row (of rows encoded at ``epsilons``) that ``epsilon`` belongs to: the
+    smallest row epsilon >= it, by the model's own rounding (``karl.model.epsilon_to_bin``);
+    with a row per loss bin, exactly the bin ``KARL.encode`` conditions on."""
+    from karl.model import epsilon_to_bin
+
+    eps = np.asarray(epsilons, dtype=np.float64)
+    order = np.argsort(eps, kind="stable")
+    return int(order[int(epsilon_to_bin(epsilon, torch.as_tensor(eps[order])))])
+
+
+@torch.no_grad()
+def sweep_many(model, images: Tensor, epsilons: Sequence[float], budget: int | None = None,
+               batch_size: int = 64, show_progress: bool = False):
+    """``model.sweep`` of N images at E epsilons, about ``batch_size`` (image, epsilon) rows per
+    encoder pass -> a decisions-only ``karl.model.Sweep`` (halting probs and keep [N, E, K] on the
+    CPU; ``kc_hat`` and ``continuous_kc`` [N, E]): memory does not grow with the latents."""
+    from karl.model import Sweep
 
     images = check_images(images, model.image_size)
-    eps = torch.as_tensor(list(epsilons), dtype=torch.float32)
-    n, e = images.shape[0], len(eps)
+    e = len(epsilons)
     assert e >= 1, "need at least one epsilon"
     per_pass = max(1, batch_size // e)  # images per encoder pass
-    probs, keep = [], []
-    steps = list(chunks(n, per_pass))
-    for sl in progress(steps, total=len(steps), desc="encode", enabled=show_progress):
-        x = images[sl].to(model.device)
-        grid = model.base_encode(x)
-        m = x.shape[0]
-        rep = lambda t: t.repeat_interleave(e, dim=0)  # noqa: E731  [m, ...] -> [m*e, ...]
-        grid_rep = BaseGrid(features=rep(grid.features), target=rep(grid.target))
-        enc = model.encode(rep(x), epsilon=eps.repeat(m).to(model.device), budget=budget,
-                           base_grid=grid_rep)
-        k = enc.keep.shape[1]
-        probs.append(enc.halting_probs.float().cpu().reshape(m, e, k))
-        keep.append(enc.keep.cpu().reshape(m, e, k))
-    return torch.cat(probs).numpy().astype(np.float64), torch.cat(keep).numpy()
+    steps = list(chunks(images.shape[0], per_pass))
+    return Sweep.cat([model.sweep(images[sl], epsilons, budget=budget).decisions()
+                      for sl in progress(steps, total=len(steps), desc="encode", enabled=show_progress)])

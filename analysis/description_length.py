@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from analysis._common import PALETTE, Exportable, encode_many
+from analysis._common import PALETTE, Exportable, sweep_many
 from analysis.human import correlation_with_ci
 
 
@@ -62,11 +62,11 @@ def compute_description_length(model, n_per_family: int = 8, size: int | None = 
             c = i % (procedural.MAX_COMPLEXITY + 1)
             samples.append(procedural.generate(int(rng.integers(0, 2 ** 31)), size, family=fam, complexity=c))
     images = torch.stack([s.image for s in samples])
-    probs, keep = encode_many(model, images, [epsilon], batch_size=batch_size)
+    sweep = sweep_many(model, images, [epsilon], batch_size=batch_size)
     df = pd.DataFrame({"family": [s.family for s in samples], "seed": [s.seed for s in samples],
                        "complexity": [s.complexity for s in samples], "bits": [s.bits for s in samples],
-                       "kc_hat": keep[:, 0].sum(-1).astype(np.int64),
-                       "continuous_kc": (1.0 - probs[:, 0]).sum(-1)})
+                       "kc_hat": sweep.kc_hat[:, 0].numpy().astype(np.int64),
+                       "continuous_kc": sweep.continuous_kc[:, 0].numpy()})
     return DescriptionLengthData(samples=df, correlations=_correlations(df), epsilon=float(epsilon),
                                  max_tokens=int(model.max_tokens))
 

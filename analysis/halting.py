@@ -14,7 +14,8 @@ import numpy as np
 import pandas as pd
 from torch import Tensor
 
-from analysis._common import HALTED_COLOR, KEPT_COLOR, THRESHOLD_COLOR, Exportable, encode_many
+from analysis._common import (HALTED_COLOR, KEPT_COLOR, THRESHOLD_COLOR, Exportable, epsilon_row,
+                              sweep_many)
 from karl.config import LOSS_BINS
 
 
@@ -32,8 +33,16 @@ class HaltingData(Exportable):
         return self.probs.shape[1]
 
     def index_of(self, epsilon: float) -> int:
-        """Row of the epsilon nearest to ``epsilon`` (in log space)."""
-        return int(np.argmin(np.abs(np.log(np.maximum(self.epsilons, 1e-9)) - np.log(max(epsilon, 1e-9)))))
+        """Row of ``epsilon`` by the model's own rounding (:func:`analysis._common.epsilon_row`)."""
+        return epsilon_row(self.epsilons, epsilon)
+
+    @classmethod
+    def from_sweep(cls, sweep, threshold: float, image: int = 0) -> "HaltingData":
+        """One image of a ``karl.model.Sweep`` (``KARL.sweep``): rows = the sweep's epsilons."""
+        return cls(epsilons=sweep.epsilons.double().cpu().numpy(),
+                   probs=sweep.halting_probs[image].double().cpu().numpy(), keep=sweep.keep[image].cpu().numpy(),
+                   threshold=float(threshold), kc_hat=sweep.kc_hat[image].cpu().numpy().astype(np.int64),
+                   continuous_kc=sweep.continuous_kc[image].cpu().numpy())
 
     def to_frame(self) -> pd.DataFrame:
         """Long format: one row per (epsilon, token)."""
@@ -55,13 +64,8 @@ def compute_halting(model, image: Tensor, epsilons: Sequence[float] = LOSS_BINS,
     All epsilons go through the encoder in one batch (the image repeated E times).
     """
     assert image.ndim == 3, f"expected one image [3, H, W], got {tuple(image.shape)}"
-    probs, keep = encode_many(model, image[None], epsilons, budget=budget,
-                              batch_size=max(64, len(epsilons)))
-    probs, keep = probs[0], keep[0]                                         # [E, K]
-    return HaltingData(epsilons=np.asarray(epsilons, dtype=np.float64), probs=probs, keep=keep,
-                       threshold=float(model.config.halt_threshold),
-                       kc_hat=keep.sum(-1).astype(np.int64),
-                       continuous_kc=(1.0 - probs).sum(-1))
+    sweep = sweep_many(model, image[None], list(epsilons), budget=budget, batch_size=max(64, len(epsilons)))
+    return HaltingData.from_sweep(sweep, model.config.halt_threshold)
 
 
 def plot_halting(data: HaltingData, epsilon: float):

@@ -25,7 +25,7 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-from analysis._common import PALETTE, encode_many, progress
+from analysis._common import PALETTE, progress, sweep_many
 from analysis.gallery import bucket_index
 from analysis.savoias import SAVOIAS_CATEGORIES, SavoiasLayoutError, load_savoias  # noqa: F401  (re-exported)
 
@@ -103,9 +103,9 @@ def subsample_per_category(df: pd.DataFrame, n: int, seed: int = 0) -> pd.DataFr
 def compute_model_complexity(model, images: Tensor, epsilon: float = 0.05, batch_size: int = 64,
                              show_progress: bool = False) -> pd.DataFrame:
     """KC-hat and continuous KC (sum of 1 - halting prob) at ``epsilon`` -> DataFrame [N]."""
-    probs, keep = encode_many(model, images, [epsilon], batch_size=batch_size, show_progress=show_progress)
-    return pd.DataFrame({"kc_hat": keep[:, 0].sum(-1).astype(np.int64),
-                         "continuous_kc": (1.0 - probs[:, 0]).sum(-1)})
+    sweep = sweep_many(model, images, [epsilon], batch_size=batch_size, show_progress=show_progress)
+    return pd.DataFrame({"kc_hat": sweep.kc_hat[:, 0].numpy().astype(np.int64),
+                         "continuous_kc": sweep.continuous_kc[:, 0].numpy()})
 
 
 def _proxy_row(rgb: np.ndarray) -> tuple[float, float, float]:
@@ -211,9 +211,9 @@ def compute_human_measures(model, df: pd.DataFrame, epsilon: float = 0.05,
         errors += errs
         good[rows] = True
         if x is not None:
-            probs, keep = encode_many(model, x, eps_all, batch_size=max(batch_size, len(eps_all)))
-            kc[rows] = keep.sum(-1)
-            ckc[rows] = (1.0 - probs).sum(-1)
+            sweep = sweep_many(model, x, eps_all, batch_size=max(batch_size, len(eps_all)))
+            kc[rows] = sweep.kc_hat.numpy()
+            ckc[rows] = sweep.continuous_kc.numpy()
         for r, rgb in zip(rows, crops):
             px[r] = _proxy_row(np.ascontiguousarray(rgb))
         del x, crops  # the next batch replaces them: peak memory is one batch

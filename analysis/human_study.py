@@ -29,6 +29,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
+from analysis._common import epsilon_arg, epsilons_arg
 from analysis.human import (DEFAULT_EPSILONS, PROXY_SIZE, human_measures, input_size_note,
                             kc_by_epsilon, load_human, measure_label, run_human_analysis,
                             subsample_per_category)
@@ -152,13 +153,6 @@ def write_outputs(hdf: pd.DataFrame, corr: pd.DataFrame, out_dir: str | Path,
     return paths
 
 
-def _float_list(text: str) -> tuple[float, ...]:
-    try:
-        return tuple(float(t) for t in text.split(",") if t.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected numbers separated by commas, got {text!r}") from None
-
-
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="python -m analysis.human_study", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -169,10 +163,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                      "authors' .pth (with --trust-official)")
     src.add_argument("--preset", help="random weights of a preset instead (e.g. tiny): smoke tests")
     ap.add_argument("--trust-official", action="store_true", help="allow unpickling an authors' .pth")
-    ap.add_argument("--epsilons", type=_float_list, default=DEFAULT_EPSILONS,
+    ap.add_argument("--epsilons", type=epsilons_arg, default=DEFAULT_EPSILONS,
                     help="epsilons of the KC-hat and continuous KC columns (default "
                     f"{','.join(f'{e:g}' for e in DEFAULT_EPSILONS)})")
-    ap.add_argument("--epsilon", type=float, default=0.05, help="epsilon of the plain kc_hat / "
+    ap.add_argument("--epsilon", type=epsilon_arg, default=0.05, help="epsilon of the plain kc_hat / "
                     "continuous_kc columns (default 0.05)")
     ap.add_argument("--images", help="image root for the paths of a CSV (default: its folder)")
     ap.add_argument("--max-per-category", type=int, default=None,

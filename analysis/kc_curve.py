@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 from torch import Tensor
 
-from analysis._common import PALETTE, THRESHOLD_COLOR, Exportable, encode_many, mark_x
+from analysis._common import PALETTE, THRESHOLD_COLOR, Exportable, mark_x, sweep_many
 from karl.config import LOSS_BINS
 
 
@@ -24,6 +24,14 @@ class KCCurve(Exportable):
     continuous_kc: np.ndarray  # [N, E] expected kept tokens, sum(1 - p)
     budget: int = 0            # tokens available (K)
     names: list[str] = field(default_factory=list)
+
+    @classmethod
+    def from_sweep(cls, sweep, names: list[str] | None = None) -> "KCCurve":
+        """A ``karl.model.Sweep`` (``KARL.sweep``) -> its KC-hat and continuous KC arrays [N, E]."""
+        return cls(epsilons=sweep.epsilons.double().cpu().numpy(),
+                   kc_hat=sweep.kc_hat.cpu().numpy().astype(np.int64),
+                   continuous_kc=sweep.continuous_kc.cpu().numpy(), budget=int(sweep.budget),
+                   names=list(names or []))
 
     def summary(self) -> pd.DataFrame:
         """Per epsilon: mean, quartiles and min/max of KC-hat over the images."""
@@ -47,11 +55,9 @@ def compute_kc_curve(model, images: Tensor, epsilons: Sequence[float] = LOSS_BIN
     """KC-hat and continuous KC of ``images`` [N, 3, H, W] at every epsilon -> arrays [N, E]."""
     if images.ndim == 3:
         images = images[None]
-    probs, keep = encode_many(model, images, epsilons, budget=budget, batch_size=batch_size,
-                              show_progress=show_progress)
-    return KCCurve(epsilons=np.asarray(epsilons, dtype=np.float64),
-                   kc_hat=keep.sum(-1).astype(np.int64), continuous_kc=(1.0 - probs).sum(-1),
-                   budget=int(keep.shape[-1]), names=list(names or []))
+    sweep = sweep_many(model, images, list(epsilons), budget=budget, batch_size=batch_size,
+                       show_progress=show_progress)
+    return KCCurve.from_sweep(sweep, names)
 
 
 def plot_kc_curve(curve: KCCurve, mark_epsilon: float | None = None, names: list[str] | None = None):

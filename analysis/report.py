@@ -31,7 +31,7 @@ from analysis import (compute_delta, compute_description_length, compute_gallery
                       compute_kc_curve, compute_token_sweep, gallery_html, plot_description_length, plot_halting,
                       plot_halting_heatmap, plot_human_correlations, plot_human_heatmap, plot_kc_curve,
                       plot_kc_vs_delta, plot_token_sweep, standard_probe_images)
-from analysis._common import check_images
+from analysis._common import check_images, epsilon_arg, epsilon_row, epsilons_arg
 from analysis.gallery import _thumb_uri
 from analysis.human import DEFAULT_EPSILONS, PROXY_SIZE, load_human, subsample_per_category
 from analysis.data import load_data
@@ -294,7 +294,7 @@ def build_report(model, images: Tensor, names: Sequence[str], out_html: str | Pa
 
     # The data-set curve (section 2) first: it picks the representative image of section 1.
     curve = compute_kc_curve(model, images, batch_size=batch_size, names=names, show_progress=True)
-    kc_eps = curve.kc_hat[:, int(np.argmin(np.abs(curve.epsilons - epsilon)))]
+    kc_eps = curve.kc_hat[:, epsilon_row(curve.epsilons, epsilon)]   # the bin encode rounds epsilon to
     rep = int(np.argsort(kc_eps, kind="stable")[len(kc_eps) // 2])  # median KC-hat image
     # Built in page order, each when its turn comes (the timestamp is taken after the curve).
     sections = {
@@ -342,13 +342,6 @@ def _tokens_section(model, image: Tensor, name: str, epsilon: float, save, out_d
 
 # ----------------------------------------------------------------------------- CLI
 
-def _float_list(text: str) -> tuple[float, ...]:
-    try:
-        return tuple(float(t) for t in text.split(",") if t.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected numbers separated by commas, got {text!r}") from None
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m analysis.report", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -367,14 +360,14 @@ def main(argv: list[str] | None = None) -> int:
                     help="at most this many images per human category (seeded subset)")
     ap.add_argument("--human-strict", action="store_true",
                     help="stop when a Savoias image is missing (default: skip it, with one warning)")
-    ap.add_argument("--human-epsilons", type=_float_list, default=DEFAULT_EPSILONS,
+    ap.add_argument("--human-epsilons", type=epsilons_arg, default=DEFAULT_EPSILONS,
                     help="epsilons at which KC-hat is also reported for the human scores "
                     f"(default {','.join(f'{e:g}' for e in DEFAULT_EPSILONS)})")
     ap.add_argument("--proxy-size", type=int, default=PROXY_SIZE,
                     help=f"centre-crop side of the classic proxies (default {PROXY_SIZE}; 0: original images)")
     ap.add_argument("--out", default="report.html")
     ap.add_argument("--csv-dir", help="where the CSVs go (default: <out stem>_data/)")
-    ap.add_argument("--epsilon", type=float, default=0.05)
+    ap.add_argument("--epsilon", type=epsilon_arg, default=0.05)
     ap.add_argument("--n-per-family", type=int, default=6)
     ap.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the CIs")
     ap.add_argument("--batch-size", type=int, default=64)

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from app.inference import InputError, PreparedImage, check_request, epsilon_bin, prepare_image
+from app.inference import InputError, PreparedImage, check_request, prepare_image
 from karl.data.images import IMAGE_EXTENSIONS
 
 __all__ = ["BatchResult", "collect_inputs", "iter_inputs", "prepare_inputs", "no_readable_image", "iter_zip",
@@ -204,7 +204,7 @@ def batch_tokenize(model, files: Iterable[Any] | None, epsilon: float = 0.05, bu
 
     start = time.perf_counter()
     eps, k, notices = check_request(model, epsilon, budget)
-    _, bin_value = epsilon_bin(model, eps)
+    _, bin_value = model.loss_bin(eps)
     prepared, skipped = prepare_inputs(files, model.image_size, progress=progress)
     if not prepared:
         raise no_readable_image(skipped)

@@ -20,6 +20,7 @@ import pandas as pd
 
 from app.batch import new_download_dir
 from app.components import SafeSlider
+from app.errors import user_error
 
 SAVOIAS_ENV = "KARL_SAVOIAS_DIR"
 N_BOOT = 1000
@@ -84,8 +85,7 @@ def human_view(model, folder: str, epsilon: float, per_category: float | None,
         hdf, corr = run_human_analysis(model, df, eps, n_boot=N_BOOT, show_progress=False,
                                        on_progress=report)
     except Exception as err:
-        from app.ui import _user_error  # lazy: app.ui imports this module
-        raise _user_error(err) from None
+        raise user_error(err) from None
     k_max = int(model.max_tokens)
     out = new_download_dir("human")
     base = root if root.is_dir() else root.parent

@@ -4,12 +4,14 @@ Nothing here imports gradio. The flow for one image::
 
     prepare_image(src, size)            -> PreparedImage (RGB, downscaled, cropped; keyed by hash)
     base_grid(model, prep)              -> the base tokenizer's grid, cached per image
-    halting_sweep(model, prep, budget)  -> one batched encoder pass at all 19 loss bins, cached
-    tokenize(model, src, eps, budget)   -> TokenizeResult (decode of the sweep's row at eps)
+    halting_sweep(model, prep, budget)  -> model.sweep: one batched encoder pass at all 19 loss
+                                           bins (a karl.model.Sweep), cached
+    tokenize(model, src, eps, budget)   -> TokenizeResult (decode of the sweep's encoding at eps)
 
 so a new upload costs base encode + one encoder pass (19 rows) + one decoder pass, and
-moving the epsilon slider costs one decoder pass plus metrics (a row of the cached sweep
-is exactly the encoding at that epsilon). Every cache is a bounded LRU: memory stays flat
+moving the epsilon slider costs one decoder pass plus metrics (a column of the cached sweep
+is exactly the encoding at that epsilon). Epsilon and budget follow karl's one rule
+(``karl.model.check_epsilon`` / ``check_budget``), as the command lines do. Every cache is a bounded LRU: memory stays flat
 over any number of requests.
 """
 
@@ -30,6 +32,8 @@ from PIL import Image
 from torch import Tensor
 
 from karl.data.images import ImageLoadError, load_image, preprocess
+from karl.model.encoding import (Encoding, RequestError, Sweep, _finite_number, check_budget, check_count,
+                                 check_epsilon)
 
 __all__ = ["InputError", "PreparedImage", "TokenizeResult", "LRUCache",
            "prepare_image", "base_grid", "halting_sweep", "tokenize", "complexity_json",
@@ -43,8 +47,9 @@ DISPLAY_SIZE = 256       # small model inputs are upscaled (nearest) to at least
 LPIPS_NET = "alex"
 
 
-class InputError(ValueError):
-    """A request the app refuses, with a message meant for the user."""
+InputError = RequestError
+"""A request the app refuses, with a message meant for the user (karl's ``RequestError``: a bad
+epsilon, budget or cap, or here also an unreadable upload)."""
 
 
 # ----------------------------------------------------------------------------- caches
@@ -224,64 +229,19 @@ def prepare_image(src: Any, size: int, max_side: int = MAX_SIDE, name: str | Non
 
 # ----------------------------------------------------------------------------- model passes
 
-def _finite_number(value: Any, what: str, expected: str) -> float:
-    """``value`` as a finite float, or an InputError naming ``what`` and the range ``expected``."""
-    if isinstance(value, bool):  # bool is an int subclass; True is not an epsilon
-        value = str(value)
-    try:
-        x = float(value.strip() if isinstance(value, str) else value)
-    except (TypeError, ValueError):
-        raise InputError(f"{what} must be a number {expected}, got {value!r}") from None
-    if not math.isfinite(x):
-        raise InputError(f"{what} must be a finite number {expected}, got {x!r}")
-    return x
-
-
 def check_request(model, epsilon: Any, budget: Any) -> tuple[float, int, list[str]]:
     """Validate epsilon and budget -> (epsilon, budget, notices); InputError if invalid.
 
-    One rule for every entry point (UI sliders, ``/tokenize``, ``/complexity``, Batch,
-    Analysis): a value above the trained range uses the end of that range and says so in a
-    notice; a value below it, or anything that is not a finite number, is refused with a
-    one-line message. Epsilon above the last loss bin conditions on the last bin; a budget
-    above the number of tokens the model was trained to halt within uses that number (the
-    tokens beyond it were never trained to halt, so they would all be kept).
+    karl's one rule (``karl.model.check_epsilon`` / ``check_budget``, also behind
+    ``karl-complexity``, ``karl-eval`` and the report) for every entry point (UI sliders,
+    ``/tokenize``, ``/complexity``, Batch, Analysis, Tokens): a value above the trained range
+    uses the end of that range and says so in a notice; a value below it, or anything that is
+    not a finite number, is refused with a one-line message. Epsilon above the last loss bin
+    conditions on the last bin; a budget above ``max_tokens`` uses ``max_tokens``.
     """
-    bins = model.config.loss_bins
-    eps = _finite_number(epsilon, "epsilon", f"between 0 and {bins[-1]:g}")
-    if eps < 0:
-        raise InputError(f"epsilon must be between 0 and {bins[-1]:g}, got {eps:g}")
-    notices = []
-    if eps > bins[-1]:
-        notices.append(f"epsilon {eps:g} is above the largest loss bin; using {bins[-1]:g}")
-    k_max = int(model.max_tokens)
-    if budget is None or (isinstance(budget, str) and not budget.strip()):
-        return eps, k_max, notices
-    k, more = check_count(budget, "budget", k_max, "tokens",
-                          f"the {k_max} tokens this model was trained to halt within")
+    eps, notices = check_epsilon(epsilon, model.config.loss_bins)
+    k, more = check_budget(budget, model.max_tokens)
     return eps, k, notices + more
-
-
-def check_count(value: Any, what: str, k_max: int, unit: str, above: str) -> tuple[int, list[str]]:
-    """An integer count in [1, ``k_max``] by the app's one rule -> (count, notices).
-
-    Above ``k_max``: ``k_max``, with the notice "<what> <value> is above <above>; using
-    <k_max>". Below 1, NaN, infinity or not a number: InputError in one line.
-    """
-    k = _finite_number(value, what, f"of {unit} between 1 and {k_max}")
-    if k < 0.5:
-        raise InputError(f"{what} must be between 1 and {k_max} {unit}, got {k:g}")
-    k = int(round(k))
-    if k > k_max:
-        return k_max, [f"{what} {k} is above {above}; using {k_max}"]
-    return k, []
-
-
-def epsilon_bin(model, epsilon: float) -> tuple[int, float]:
-    """(index, value) of the loss bin the model conditions on for ``epsilon`` (rounded up)."""
-    from karl.model import epsilon_to_bin
-    idx = int(epsilon_to_bin(epsilon, model.loss_bins.cpu()).item())
-    return idx, float(model.config.loss_bins[idx])
 
 
 def base_grid(model, prep: PreparedImage):
@@ -292,39 +252,11 @@ def base_grid(model, prep: PreparedImage):
     return model_caches(model)["grid"].get_or_compute(prep.key, compute)
 
 
-@dataclass
-class Sweep:
-    """One encoder pass of an image at every loss bin (rows = bins)."""
-    latents: Tensor            # [E, K, e] on the model's device
-    probs: np.ndarray          # [E, K]
-    keep: np.ndarray           # [E, K] bool
-    token_ids: np.ndarray | None  # [E, K]
-
-    def halting_data(self, model):
-        from analysis.halting import HaltingData
-        return HaltingData(epsilons=np.asarray(model.config.loss_bins, dtype=np.float64),
-                           probs=self.probs, keep=self.keep,
-                           threshold=float(model.config.halt_threshold),
-                           kc_hat=self.keep.sum(-1).astype(np.int64),
-                           continuous_kc=(1.0 - self.probs).sum(-1))
-
-
 def halting_sweep(model, prep: PreparedImage, budget: int) -> Sweep:
-    """Encode ``prep`` once per loss bin in one batch (cached per image and budget)."""
-    from karl.base_tokenizers import BaseGrid
-
+    """``model.sweep`` of ``prep`` at every loss bin (column j = bin j), cached per image and budget."""
     def compute() -> Sweep:
-        grid = base_grid(model, prep)
-        bins = model.loss_bins
-        e = len(bins)
         with torch.inference_mode():
-            x = prep.tensor[None].to(model.device).expand(e, -1, -1, -1)
-            rep = BaseGrid(features=grid.features.expand(e, *grid.features.shape[1:]),
-                           target=grid.target.expand(e, *grid.target.shape[1:]))
-            enc = model.encode(x, epsilon=bins, budget=budget, base_grid=rep)
-        ids = None if enc.token_ids is None else enc.token_ids.cpu().numpy()
-        return Sweep(latents=enc.latents, probs=enc.halting_probs.float().cpu().numpy().astype(np.float64),
-                     keep=enc.keep.cpu().numpy(), token_ids=ids)
+            return model.sweep(prep.tensor[None], budget=budget, base_grid=base_grid(model, prep))
     return model_caches(model)["sweep"].get_or_compute((prep.key, budget), compute)
 
 
@@ -388,51 +320,40 @@ def tokenize(model, image: Any, epsilon: float = 0.05, budget: int | None = None
     """
     eps, k, notices = check_request(model, epsilon, budget)
     prep = image if isinstance(image, PreparedImage) else prepare_image(image, model.image_size, name=name)
-    idx, bin_value = epsilon_bin(model, eps)
+    idx, bin_value = model.loss_bin(eps)
     cache = model_caches(model)["result"]
     hit = cache.get((prep.key, idx, k))
-    if hit is None and sweep:
-        hit = _decode_row(model, prep, k, idx, bin_value, halting_sweep(model, prep, k))
-        cache.put((prep.key, idx, k), hit)
-    elif hit is None:
-        hit = _decode_single(model, prep, k, idx, bin_value)
-        cache.put((prep.key, idx, k), hit)
+    if hit is None:
+        hit = cache.put((prep.key, idx, k), _finish(model, prep, bin_value, _encoding(model, prep, k, idx, sweep)))
     # The cached object serves other epsilons of the same bin: copy the per-request fields.
     return replace(hit, epsilon=eps, name=prep.name, notices=prep.notices + notices + hit.notices,
                    _lpips=hit._lpips)
 
 
-def _finish(model, prep: PreparedImage, k: int, bin_value: float, latents: Tensor, probs: np.ndarray,
-            keep: np.ndarray, ids: np.ndarray | None) -> TokenizeResult:
+def _encoding(model, prep: PreparedImage, k: int, idx: int, sweep: bool) -> Encoding:
+    """``prep``'s program at loss bin ``idx``: a column of the cached sweep, or one encoder pass."""
+    if sweep:
+        return halting_sweep(model, prep, k).encoding(idx)   # the sweep's columns are the loss bins
+    with torch.inference_mode():
+        return model.encode(prep.tensor[None].to(model.device), epsilon=model.config.loss_bins[idx],
+                            budget=k, base_grid=base_grid(model, prep))
+
+
+def _finish(model, prep: PreparedImage, bin_value: float, enc: Encoding) -> TokenizeResult:
+    """Decode ``enc`` (one image) and measure it against ``prep``."""
     from karl.metrics import l1, psnr, ssim
-    from karl.model import Encoding
 
     with torch.inference_mode():
-        keep_t = torch.from_numpy(keep)[None].to(model.device)
-        enc = Encoding(latents=latents[None], halting_probs=torch.from_numpy(probs)[None].float(),
-                       keep=keep_t, token_ids=None, epsilon=torch.tensor([bin_value]))
         rec = model.decode(enc)[0].float().cpu()
         x, y = rec[None], prep.tensor[None]
         l1_v, psnr_v, ssim_v = float(l1(x, y)[0]), float(psnr(x, y)[0]), float(ssim(x, y)[0])
-    kept_ids = None if ids is None else [int(i) for i in ids[keep]]
+    keep = enc.keep[0].cpu().numpy()
+    kept_ids = None if enc.token_ids is None else [int(i) for i in enc.token_ids[0].cpu()[enc.keep[0].cpu()]]
     return TokenizeResult(name=prep.name, key=prep.key, original=prep.tensor, reconstruction=rec,
-                          epsilon=bin_value, epsilon_bin=bin_value, budget=k, kc_hat=int(keep.sum()),
-                          continuous_kc=float((1.0 - probs).sum()), halting_probs=probs, keep=keep,
+                          epsilon=bin_value, epsilon_bin=bin_value, budget=enc.budget, kc_hat=int(enc.kc_hat[0]),
+                          continuous_kc=float(enc.continuous_kc[0]),
+                          halting_probs=enc.halting_probs[0].double().cpu().numpy(), keep=keep,
                           token_ids=kept_ids, l1=l1_v, psnr=psnr_v, ssim=ssim_v)
-
-
-def _decode_row(model, prep, k, idx, bin_value, sw: Sweep) -> TokenizeResult:
-    ids = None if sw.token_ids is None else sw.token_ids[idx]
-    return _finish(model, prep, k, bin_value, sw.latents[idx], sw.probs[idx], sw.keep[idx], ids)
-
-
-def _decode_single(model, prep, k, idx, bin_value) -> TokenizeResult:
-    grid = base_grid(model, prep)
-    with torch.inference_mode():
-        enc = model.encode(prep.tensor[None].to(model.device), epsilon=bin_value, budget=k, base_grid=grid)
-    ids = None if enc.token_ids is None else enc.token_ids[0].cpu().numpy()
-    return _finish(model, prep, k, bin_value, enc.latents[0], enc.halting_probs[0].float().cpu().numpy()
-                   .astype(np.float64), enc.keep[0].cpu().numpy(), ids)
 
 
 def complexity_json(result: TokenizeResult, with_lpips: bool = True) -> dict[str, Any]:

@@ -1,6 +1,6 @@
 """Which model the app serves: the bundled checkpoint, a user's, or a demo model.
 
-Nothing here imports gradio; ``app.py`` calls :func:`load_app_model` once at start-up.
+Nothing here imports gradio; :func:`app.cli.main` calls :func:`load_app_model` once at start-up.
 """
 
 from __future__ import annotations
@@ -8,6 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from karl.model_args import BUNDLED_CHECKPOINT
 
 __all__ = ["ModelLoadError", "LoadedModel", "load_app_model", "DEFAULT_CHECKPOINT"]
 
@@ -23,7 +25,7 @@ class LoadedModel:
     warning: str | None = None  # shown as a banner (random weights, fallback, ...)
 
 
-DEFAULT_CHECKPOINT = Path(__file__).resolve().parent.parent / "assets" / "checkpoints" / "karl_cpu"
+DEFAULT_CHECKPOINT = BUNDLED_CHECKPOINT
 
 
 def load_app_model(checkpoint: str | Path | None = None, trust_official: bool = False,
@@ -31,8 +33,8 @@ def load_app_model(checkpoint: str | Path | None = None, trust_official: bool = 
     """The model the app serves.
 
     - ``demo_model="tiny-monotone"``: the deterministic test model (app.demo_model).
-    - ``checkpoint``: a release directory (``config.json`` + ``model.safetensors``, or
-      the ``.safetensors`` file in one), a Hugging Face Hub id (``org/name``) or, with
+    - ``checkpoint``: any model reference of :func:`karl.api.parse_model_ref`: a release
+      directory (or its ``model.safetensors``), ``hf:org/name``, ``random:PRESET`` or, with
       ``trust_official``, an authors' ``.pth``.
       Failure raises :class:`ModelLoadError` with the reason.
     - neither: the bundled ``assets/checkpoints/karl_cpu``; if it is missing or broken, a
@@ -46,14 +48,16 @@ def load_app_model(checkpoint: str | Path | None = None, trust_official: bool = 
                            "Demo model **tiny-monotone**: hand-set weights for tests; token counts "
                            "fall with epsilon by construction, reconstructions are meaningless.")
     if checkpoint is not None:
-        from karl.hub import is_hub_id
-        if is_hub_id(checkpoint):  # org/name: a Hugging Face Hub repo (cached, or downloaded)
-            return LoadedModel(_load(checkpoint, trust_official, device, str(checkpoint)),
-                               f"{checkpoint} (Hugging Face Hub)")
-        return LoadedModel(_load_checkpoint(Path(checkpoint), trust_official, device), str(checkpoint))
+        from karl.model_args import describe_ref
+        spec = str(checkpoint)
+        model = _load(spec, trust_official, device, f"checkpoint {spec}")
+        warning = (f"**Random weights** ({spec}): token counts and reconstructions are meaningless."
+                   if spec.startswith("random:") else None)
+        return LoadedModel(model, describe_ref(spec), warning)
     if (DEFAULT_CHECKPOINT / "config.json").is_file():
         try:
-            return LoadedModel(_load_checkpoint(DEFAULT_CHECKPOINT, False, device), str(DEFAULT_CHECKPOINT))
+            return LoadedModel(_load(str(DEFAULT_CHECKPOINT), False, device, f"checkpoint {DEFAULT_CHECKPOINT}"),
+                               str(DEFAULT_CHECKPOINT))
         except ModelLoadError as err:
             reason = f"the bundled checkpoint failed to load ({err})"
     else:
@@ -66,21 +70,15 @@ def load_app_model(checkpoint: str | Path | None = None, trust_official: bool = 
                        "`--checkpoint DIR` to load a trained model.")
 
 
-def _load_checkpoint(path: Path, trust_official: bool, device: str):
-    if path.is_file() and path.suffix == ".safetensors":
-        path = path.parent
-    if not path.exists():
-        raise ModelLoadError(f"checkpoint {path} does not exist")
-    return _load(path, trust_official, device, f"checkpoint {path}")
-
-
 def _load(spec: str | Path, trust_official: bool, device: str, what: str):
     """:func:`karl.api.load_model`, every failure turned into one :class:`ModelLoadError` line."""
-    from karl.api import load_model
+    from karl.api import ModelNotFoundError, load_model
     from karl.checkpoint import CheckpointError
 
     try:
         return load_model(spec, trust=trust_official, device=device)
+    except ModelNotFoundError as err:  # names nothing: its own line says what and what is expected
+        raise ModelLoadError(str(err)) from None
     except CheckpointError as err:  # HubUnavailableError says how to pass a local folder instead
         # The loader's own line: only a real checkpoint that needs unpickling mentions
         # --trust-official; a file that is not one (random bytes, truncated) never does.

@@ -19,6 +19,7 @@ import gradio as gr
 import numpy as np
 
 from app import inference as inf
+from app.errors import user_error
 
 MAX_APP_MAPS = 48       # default cap on the tokens mapped per request
 CAP_LIMIT = 256         # the largest cap the slider offers
@@ -40,8 +41,9 @@ def _uint8(image: np.ndarray) -> np.ndarray:
 
 
 def check_tokens_request(model, epsilon: Any, max_maps: Any) -> tuple[float, int, list[str]]:
-    """The tab's inputs by the app's one rule (:func:`app.inference.check_request`): above the
-    range, its end with a notice; below it, NaN or not a number, one line -> (eps, cap, notices)."""
+    """The tab's inputs by karl's one rule (:func:`app.inference.check_request`,
+    ``karl.model.check_count``): above the range, its end with a notice; below it, NaN or not a
+    number, one line -> (eps, cap, notices)."""
     eps, _, notices = inf.check_request(model, epsilon, None)
     cap, more = inf.check_count(max_maps, "token cap", CAP_LIMIT, "token maps",
                                 f"the {CAP_LIMIT} maps one request may compute")
@@ -56,7 +58,7 @@ def compute_tokens(model, image: Any, epsilon: Any, max_maps: Any = MAX_APP_MAPS
 
     eps, cap, notices = check_tokens_request(model, epsilon, max_maps)
     prep = image if isinstance(image, inf.PreparedImage) else inf.prepare_image(image, model.image_size)
-    idx, bin_value = inf.epsilon_bin(model, eps)
+    idx, bin_value = model.loss_bin(eps)
 
     def compute():
         t0 = time.perf_counter()
@@ -102,7 +104,6 @@ def tokens_view(model, image: Any, epsilon: Any, max_maps: Any = MAX_APP_MAPS):
     from analysis.tokens import (plot_map_agreement, plot_progressive, plot_token_map,
                                  segmentation_rgb)
     from app.figures import fit_figure
-    from app.ui import _user_error
 
     if image is None:
         return _empty("Upload an image or pick an example.")
@@ -117,7 +118,7 @@ def tokens_view(model, image: Any, epsilon: Any, max_maps: Any = MAX_APP_MAPS):
                 gr.update(choices=choices, value=0 if choices else None), picked, agree,
                 _status(prep, tm, seconds, notices))
     except Exception as err:
-        raise _user_error(err) from None
+        raise user_error(err) from None
 
 
 def tokens_page(model, image: Any, epsilon: Any, max_maps: Any = MAX_APP_MAPS) -> tuple:
@@ -134,7 +135,6 @@ def token_pick_view(model, image: Any, epsilon: Any, max_maps: Any, pick: Any, k
     """The picked token's map (from the cache: no model pass unless the image is new)."""
     from analysis.tokens import plot_token_map
     from app.figures import fit_figure
-    from app.ui import _user_error
 
     if image is None or pick is None:
         return None
@@ -145,7 +145,7 @@ def token_pick_view(model, image: Any, epsilon: Any, max_maps: Any, pick: Any, k
             raise inf.InputError(f"no token {pick!r} among the {len(tm.tokens)} mapped")
         return fit_figure(plot_token_map(tm, j, kind if tm.attention is not None else "removal"))
     except Exception as err:
-        raise _user_error(err) from None
+        raise user_error(err) from None
 
 
 def _controls(model, examples: list[str] | None) -> tuple:

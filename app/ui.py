@@ -10,9 +10,7 @@ queue (bounded) holds the rest.
 from __future__ import annotations
 
 import html
-import logging
 import shutil
-import traceback
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,10 +21,9 @@ import numpy as np
 from app import inference as inf
 from app.batch import batch_tokenize, download_dir, new_download_dir, write_csv
 from app.components import KarlBlocks, SafeImage, SafeNumber, SafeSlider
+from app.errors import user_error
 from app.figures import fit_figure as _fit_figure
 from app.figures import placeholder_figure as _placeholder_figure
-
-log = logging.getLogger("karl.app")
 
 EXAMPLES_DIR = Path(__file__).resolve().parent.parent / "assets" / "examples"
 QUEUE_MAX_SIZE = 64          # waiting requests beyond this are refused ("queue full"); app.py --queue-size
@@ -43,18 +40,6 @@ _INTRO = """# KARL studio
 Single-pass adaptive image tokenization ([arXiv 2507.07995](https://arxiv.org/abs/2507.07995)):
 KARL keeps the fewest 1D tokens it predicts are needed to reconstruct the image within the
 pixel L1 error **epsilon**. The number kept, **KC-hat**, estimates the image's complexity."""
-
-
-def _user_error(err: Exception) -> gr.Error:
-    """Known input problems keep their message; anything else is logged and summarised."""
-    if isinstance(err, gr.Error):
-        return err
-    from karl.data.images import ImageLoadError
-    if isinstance(err, (inf.InputError, ImageLoadError)):
-        return gr.Error(str(err), print_exception=False)
-    log.error("internal error: %s", traceback.format_exc())
-    return gr.Error(f"Internal error ({type(err).__name__}: {err}). The app is still running; "
-                    "try another image or setting.", print_exception=False)
 
 
 # ----------------------------------------------------------------------------- handlers
@@ -102,7 +87,7 @@ def tokenize_view(model, image: Any, epsilon: float, budget: float):
     table, error heatmap, halting figure, KC-hat curve, kept tokens, notices."""
     if image is None:
         return _empty_outputs(_NO_IMAGE)
-    from analysis.halting import plot_halting
+    from analysis.halting import HaltingData, plot_halting
     from analysis.kc_curve import KCCurve, plot_kc_curve
 
     try:
@@ -110,19 +95,17 @@ def tokenize_view(model, image: Any, epsilon: float, budget: float):
         r = inf.tokenize(model, prep, epsilon, budget, sweep=True)
 
         def figures():  # built once per (image, bin, budget); never mutated afterwards
-            data = inf.halting_sweep(model, prep, r.budget).halting_data(model)
-            curve = KCCurve(epsilons=data.epsilons, kc_hat=data.kc_hat[None],
-                            continuous_kc=data.continuous_kc[None], budget=r.budget, names=[r.name])
-            halting = plot_halting(data, r.epsilon_bin)
-            i = data.index_of(r.epsilon_bin)
+            sweep = inf.halting_sweep(model, prep, r.budget)
+            curve = KCCurve.from_sweep(sweep, names=[r.name])
+            halting = plot_halting(HaltingData.from_sweep(sweep, model.config.halt_threshold), r.epsilon_bin)
             halting.update_layout(title_text=f"p(halt) per token at epsilon {r.epsilon_bin:g}: "
-                                             f"KC-hat {int(data.kc_hat[i])} of {r.budget}")
+                                             f"KC-hat {r.kc_hat} of {r.budget}")
             return (_fit_figure(halting), _fit_figure(plot_kc_curve(curve, mark_epsilon=r.epsilon_bin)))
         halting_fig, curve_fig = inf.model_caches(model)["figures"].get_or_compute(
             (prep.key, r.epsilon_bin, r.budget), figures)
         metrics = _metrics_markdown(r)
     except Exception as err:
-        raise _user_error(err) from None
+        raise user_error(err) from None
     kept = {"kc_hat": r.kc_hat, "budget": r.budget, "kept_positions": r.kept_positions,
             "codebook_ids": r.token_ids}
     heat = inf.error_heatmap(r.error_map())
@@ -154,7 +137,7 @@ def complexity_view(model, image: Any, epsilon: float, budget: float) -> dict:
     try:
         return inf.complexity_json(inf.tokenize(model, image, epsilon, budget, sweep=False))
     except Exception as err:
-        raise _user_error(err) from None
+        raise user_error(err) from None
 
 
 def _histogram(kc: np.ndarray, budget: int):
@@ -184,7 +167,7 @@ def batch_view(model, files, epsilon: float, budget: float, with_lpips: bool,
         gallery = gallery_html(res.thumbs, kc, bucket, names=list(res.frame["image"]),
                                title=f"Images bucketed by KC-hat (epsilon {res.epsilon_bin:g}, buckets of {bucket})")
     except Exception as err:
-        raise _user_error(err) from None
+        raise user_error(err) from None
     lines = [f"**{len(res.frame)} images** at epsilon {res.epsilon:g} (bin {res.epsilon_bin:g}), budget "
              f"{res.budget}: KC-hat mean {kc.mean():.1f}, median {np.median(kc):g}; "
              f"{res.frame['met_epsilon'].mean():.0%} met epsilon; {res.seconds:.1f} s."]
@@ -249,7 +232,7 @@ def analysis_view(model, source: str, files, epsilon: float, progress=gr.Progres
         progress(0.9, desc="halting heatmap")
         heat = plot_halting_heatmap(compute_halting(model, images[0]))
     except Exception as err:
-        raise _user_error(err) from None
+        raise user_error(err) from None
     summary = f"{len(names)} images: " + ", ".join(names[:12]) + (" ..." if len(names) > 12 else "")
     status = "\n".join([summary] + [f"- {n}" for n in notes])
     return sweep, delta, curve, gr.update(choices=names, value=names[0]), heat, status
@@ -262,7 +245,7 @@ def heatmap_view(model, source: str, files, name: str):
         i = names.index(name) if name in names else 0
         return plot_halting_heatmap(compute_halting(model, images[i]))
     except Exception as err:
-        raise _user_error(err) from None
+        raise user_error(err) from None
 
 
 def report_view(model, source: str, files, epsilon: float, model_desc: str, progress=gr.Progress()):
@@ -278,7 +261,7 @@ def report_view(model, source: str, files, epsilon: float, model_desc: str, prog
         archive = shutil.make_archive(str(out / "report_data"), "zip", root_dir=out,
                                       base_dir=f"{Path(path).stem}_data")
     except Exception as err:
-        raise _user_error(err) from None
+        raise user_error(err) from None
     return [str(path), archive], f"Report written: {len(names)} images (HTML + CSVs in a zip)."
 
 

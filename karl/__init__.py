@@ -1,6 +1,7 @@
 """KARL: single-pass adaptive image tokenization (arXiv 2507.07995)."""
 
-from karl.api import build_model, load_model, load_pretrained, save_pretrained
+from karl.api import build_model, load_model, load_pretrained
+from karl.checkpoint import save_pretrained
 from karl.config import LOSS_BINS, ExperimentConfig, ModelConfig, load_config
 from karl.model import KARL, Encoding, epsilon_to_bin
 

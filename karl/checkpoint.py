@@ -99,6 +99,13 @@ def write_release(directory: str | Path, config: dict[str, Any], state: dict[str
     return d
 
 
+def save_pretrained(model: nn.Module, directory: str | Path, extra: dict[str, Any] | None = None) -> Path:
+    """Write a KARL model as a release directory: ``config.json`` + ``model.safetensors``
+    (base tokenizer included). Load it with :func:`karl.load_pretrained`."""
+    from karl.config import to_dict
+    return write_release(directory, to_dict(model.config), model.state_dict(), extra)
+
+
 def read_release(directory: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     d = Path(directory)
     if d.is_file() and d.suffix == ".pth":

@@ -32,6 +32,8 @@ from torch import Tensor
 
 from karl.data.imageset import ImageSet, open_images
 from karl.data.spec import GLOB_CHARS, DataSpec, DataSpecError, HFLoadError, MissingPathError, parse_data_spec
+from karl.config import LOSS_BINS
+from karl.model.encoding import RequestError, parse_epsilons
 from karl.precision import PRECISIONS, resolve_precision, set_precision
 from karl.results_csv import ResultsCSV, ResultsFileError
 
@@ -124,16 +126,16 @@ def _collate(batch: list) -> list:
 def score_batch(model, images: Tensor, epsilons: list[float]) -> list[list[dict]]:
     """Per epsilon, per image: epsilon_bin, kc_hat, continuous_kc and l1 at KC-hat.
 
-    One base-tokenizer pass per batch, then one encoder + one decoder pass per epsilon.
-    Returns ``rows[e][b]`` dicts (without path / epsilon). Runs at the model's precision
-    (``karl.precision.set_precision``; reduced-precision programs are re-checked in fp32
-    near the halting threshold).
+    One ``model.sweep`` per batch (one base-tokenizer pass, one encoder pass over every
+    (image, epsilon) pair), then one decoder pass per epsilon. Returns ``rows[e][b]`` dicts
+    (without path / epsilon). Runs at the model's precision (``karl.precision.set_precision``;
+    reduced-precision programs are re-checked in fp32 near the halting threshold).
     """
     images = images.to(model.device)
     out = []
-    grid = model.base_encode(images)
-    for eps in epsilons:
-        enc = model.encode(images, epsilon=eps, base_grid=grid)
+    sweep = model.sweep(images, epsilons)
+    for j in range(len(epsilons)):
+        enc = sweep.encoding(j)
         rec = model.decode(enc).float()
         l1 = (rec - images).abs().flatten(1).mean(1)
         # bins are stored as float32 (0.05 -> 0.0500000007): 6 significant digits name the bin
@@ -181,23 +183,15 @@ def _default_checkpoint() -> str | None:
     return str(bundled) if (bundled / "config.json").is_file() else None
 
 
-def _parse_epsilons(values: list[str]) -> list[float]:
-    eps: list[float] = []
-    for v in values:
-        for part in v.split(","):
-            if not part.strip():
-                continue
-            try:
-                e = float(part)
-            except ValueError:
-                raise ComplexityError(f"--epsilon {part!r} is not a number") from None
-            if not 0 <= e <= 1:
-                raise ComplexityError(f"--epsilon {e:g} is outside [0, 1] (mean absolute pixel error)")
-            if _eps_key(e) not in {_eps_key(x) for x in eps}:
-                eps.append(e)
+def _parse_epsilons(values: list[str], bins=LOSS_BINS) -> tuple[list[float], list[str]]:
+    """--epsilon by karl's one rule (``karl.model.parse_epsilons``, as the app): (epsilons, notices)."""
+    try:
+        eps, notices = parse_epsilons(values, bins)
+    except RequestError as err:
+        raise ComplexityError(str(err)) from None
     if not eps:
         raise ComplexityError("--epsilon needs at least one value")
-    return eps
+    return eps, notices
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -214,7 +208,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "--trust-official) or random:PRESET (default: the bundled karl_cpu)")
     p.add_argument("--trust-official", action="store_true", help="allow unpickling an authors' .pth")
     p.add_argument("--epsilon", nargs="+", default=["0.05"],
-                   help="target mean absolute pixel errors, space- or comma-separated (default 0.05)")
+                   help="target mean absolute pixel errors, space- or comma-separated (default 0.05); "
+                        ">= 0, above the largest loss bin (0.38) conditioned on that bin, with a warning")
     p.add_argument("--out", default="complexity.csv", help="CSV to write or resume (default complexity.csv)")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--precision", default="fp32", choices=PRECISIONS,
@@ -248,12 +243,14 @@ def run(args: argparse.Namespace) -> tuple[int, int, int]:
     """Score; returns (images scored now, images with scores in the CSV, images skipped)."""
     if args.batch_size < 1:
         raise ComplexityError("--batch-size must be >= 1")
-    epsilons = _parse_epsilons(args.epsilon)
+    epsilons, _ = _parse_epsilons(args.epsilon)                          # refused before any work
     items = collect_images(args.images, args.split, args.image_key)
     if not items:
         raise ComplexityError("no images found in " + " ".join(args.images))
     model, device = _load(args)
     resolved_precision(args.precision, device)                         # validates before any work
+    for notice in _parse_epsilons(args.epsilon, model.config.loss_bins)[1]:  # the model's own bins
+        log.warning("%s", notice)
     set_precision(model, args.precision)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -3,8 +3,9 @@
 A Hub model repo holding ``config.json`` + ``model.safetensors`` (+ a ``README.md`` model
 card) is a KARL release directory. :func:`karl.load_pretrained` stays the one loading path:
 
-- :func:`is_hub_id`: ``"org/name"`` (optionally ``"org/name@revision"``) that is not an
-  existing local path.
+- A model argument names a Hub repo explicitly: ``"hf:org/name"`` (optionally
+  ``"hf:org/name@revision"``; :data:`HUB_PREFIX`, :func:`is_hub_id`); a bare ``org/name`` is
+  a local path, so a mistyped folder never turns into a network request.
 - :func:`snapshot_dir`: a Hub id -> the local snapshot folder, through
   ``huggingface_hub.snapshot_download`` (the Hub cache, ``HF_HUB_CACHE`` / ``HF_HOME``);
   offline (``HF_HUB_OFFLINE=1``) it reads the cache only. An unreachable Hub fails within
@@ -25,11 +26,12 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from karl.checkpoint import CheckpointError
+from karl.checkpoint import CheckpointError, save_pretrained
 
-__all__ = ["HubUnavailableError", "is_hub_id", "split_hub_id", "snapshot_dir", "push_to_hub",
+__all__ = ["HUB_PREFIX", "HubUnavailableError", "is_hub_id", "split_hub_id", "snapshot_dir", "push_to_hub",
            "model_card", "write_hub_folder", "hub_endpoint", "LOAD_FILES"]
 
+HUB_PREFIX = "hf:"  # a model argument naming a Hub repo: hf:org/name[@rev]
 LOAD_FILES = ("config.json", "model.safetensors")  # what loading needs; the card and its images stay remote
 DEFAULT_TIMEOUT_S = 10.0
 # Hub repo names: letters, digits, '-', '_', '.'; one '/' between owner and name.
@@ -53,10 +55,9 @@ def split_hub_id(source: str) -> tuple[str, str | None] | None:
 
 
 def is_hub_id(source: Any) -> bool:
-    """True for a string like ``org/name`` (or ``org/name@rev``) that is not an existing local path."""
-    if not isinstance(source, str) or split_hub_id(source) is None:
-        return False
-    return not Path(source).expanduser().exists()
+    """True for a string ``hf:org/name`` (or ``hf:org/name@rev``): a model argument naming a Hub repo."""
+    return (isinstance(source, str) and source.startswith(HUB_PREFIX)
+            and split_hub_id(source[len(HUB_PREFIX):]) is not None)
 
 
 def _truthy(value: str | None) -> bool:
@@ -110,14 +111,15 @@ def _local_hint(repo_id: str) -> str:
 # ----------------------------------------------------------------------------- download
 
 def snapshot_dir(source: str, revision: str | None = None) -> Path:
-    """A Hub id -> the local folder of its snapshot (downloaded, or from the cache).
+    """A Hub id (``org/name[@rev]``, with or without ``hf:``) -> the local folder of its snapshot
+    (downloaded, or from the cache).
 
     Raises:
         HubUnavailableError: the Hub is unreachable or offline mode is on, and the snapshot
             is not in the cache.
         CheckpointError: the repo or revision does not exist (or is private without a token).
     """
-    parsed = split_hub_id(source)
+    parsed = split_hub_id(source.removeprefix(HUB_PREFIX))
     if parsed is None:
         raise CheckpointError(f"{source!r} is not a Hub id of the form org/name[@revision]")
     repo_id, rev = parsed
@@ -125,8 +127,8 @@ def snapshot_dir(source: str, revision: str | None = None) -> Path:
     try:
         from huggingface_hub import snapshot_download
     except ImportError:
-        raise CheckpointError(f"{source!r} looks like a Hub id but huggingface_hub is not installed "
-                              "(`pip install huggingface_hub`), and no such local path exists") from None
+        raise CheckpointError(f"{source!r} names a Hub repo but huggingface_hub is not installed "
+                              "(`pip install huggingface_hub`)") from None
     cache, endpoint, offline, timeout = _settings()
     if offline:
         return _from_cache(repo_id, revision, cache, "HF_HUB_OFFLINE=1 is set (HF_HUB_OFFLINE=0 allows a download)")
@@ -164,8 +166,7 @@ def _resolve_revision(repo_id: str, revision: str | None, endpoint: str,
     except RevisionNotFoundError:
         raise CheckpointError(f"{repo_id} has no revision {revision!r} on the Hub") from None
     except RepositoryNotFoundError:
-        raise CheckpointError(f"no model repo {repo_id!r} on the Hub (or it is private: set HF_TOKEN); "
-                              "if you meant a local folder, it does not exist") from None
+        raise CheckpointError(f"no model repo {repo_id!r} on the Hub (or it is private: set HF_TOKEN)") from None
     except Exception as err:
         if _is_connection_error(err):
             return None, _short(err)
@@ -180,7 +181,7 @@ def _from_cache(repo_id: str, revision: str | None, cache: str, why: str) -> Pat
                                       allow_patterns=list(LOAD_FILES)))
     except Exception as err:  # LocalEntryNotFoundError, IncompleteSnapshotError
         raise HubUnavailableError(
-            f"{repo_id!r} looks like a Hugging Face Hub id (no such local path), but {why} and "
+            f"Hugging Face Hub repo {repo_id!r}: {why} and "
             f"it is not in the Hub cache {cache} ({type(err).__name__}). " + _local_hint(repo_id)) from None
 
 
@@ -227,13 +228,13 @@ image's Kolmogorov complexity at that error). Made with KARL studio.
 
 ```python
 from karl import load_pretrained
-model = load_pretrained("{repo_id}")          # or a local copy of this repo
+model = load_pretrained("hf:{repo_id}")       # or a local copy of this repo
 enc = model.encode(images, epsilon=0.05)      # images [B, 3, {c.image_size}, {c.image_size}] in [0, 1]
 enc.kc_hat, enc.continuous_kc                 # tokens kept per image
 ```
 
 ```bash
-karl-complexity /path/to/images --checkpoint {repo_id} --epsilon 0.05 0.1 --out scores.csv
+karl-complexity /path/to/images --checkpoint hf:{repo_id} --epsilon 0.05 0.1 --out scores.csv
 ```
 
 ## Intended use and limits
@@ -256,7 +257,6 @@ def _linked_images(card: Path) -> list[Path]:
 def write_hub_folder(model, folder: str | Path, repo_id: str, model_card_md: str | Path | None = None,
                      license: str = "mit", extra: dict[str, Any] | None = None) -> Path:
     """Write what :func:`push_to_hub` uploads: the release files, ``README.md`` and the card's images."""
-    from karl.api import save_pretrained
     folder = Path(folder)
     save_pretrained(model, folder, extra)
     card_path = Path(model_card_md) if model_card_md is not None else None

@@ -44,8 +44,8 @@ from karl.checkpoint import CheckpointError, check_finite, check_state_dict, wri
 from karl.config import LOSS_BINS, BaseTokenizerConfig, ModelConfig, preset, to_dict
 from karl.model import KARL
 
-__all__ = ["UntrustedCheckpointError", "convert_official", "infer_config", "load_any",
-           "load_official", "main", "map_official_keys", "read_official", "select_weights"]
+__all__ = ["UntrustedCheckpointError", "convert_official", "infer_config", "load_official", "main",
+           "map_official_keys", "read_official", "select_weights"]
 
 _WRAPPERS = ("module.", "_orig_mod.")
 # BaseTokenizerConfig fields that only the KL-VAE reads (karl.base_tokenizers refuses them for
@@ -58,7 +58,10 @@ VAE_ONLY_FIELDS = _KL_VAE_CONVENTIONS
 RELEASE_VAE_CONVENTIONS: dict[str, Any] = dict(
     input_range=(0.0, 1.0), latent_scale=0.2325, decode_scale=1.0, output_range=(0.0, 1.0))
 Posterior = Literal["mean", "sample"]
+# The bases the authors' checkpoints embed: their key prefix -> our kind, and the key (in our
+# names) that tells the kinds apart. A base the release does not ship needs no entry here.
 _BASE_PREFIXES = {"base_tokenizer.vqgan.": "vqgan", "base_tokenizer.vae.": "kl_vae"}
+_KIND_MARKERS = {"vqgan": "base.quantize.embedding.weight", "kl_vae": "base.post_quant_conv.weight"}
 _DROPPED = ("gan_losses.",)
 # Top-level names of the release's KARL (= ours, with base_tokenizer.* -> base.*).
 OFFICIAL_ROOTS = frozenset({
@@ -259,9 +262,9 @@ def _shape(sd: Mapping[str, Tensor], key: str) -> tuple[int, ...]:
 def _base_config(sd: Mapping[str, Tensor], posterior: Posterior = "mean") -> BaseTokenizerConfig:
     """Read the base tokenizer's architecture from our ``base.*`` keys; a KL-VAE gets the
     release's conventions (:data:`RELEASE_VAE_CONVENTIONS`), the VQGAN keeps ours (equal)."""
-    kind = "vqgan" if "base.quantize.embedding.weight" in sd else "kl_vae"
-    if kind == "kl_vae" and "base.post_quant_conv.weight" not in sd:
-        raise CheckpointError("no base_tokenizer.vqgan.* or base_tokenizer.vae.* keys found: "
+    kind = next((k for k, marker in _KIND_MARKERS.items() if marker in sd), None)
+    if kind is None:
+        raise CheckpointError(f"no {' or '.join(p + '*' for p in _BASE_PREFIXES)} keys found: "
                               "the release checkpoints embed their base tokenizer")
     ch = _shape(sd, "base.encoder.conv_in.weight")[0]
     levels = _count(sd, "base.encoder.down.")
@@ -433,16 +436,6 @@ def _unshare(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
         out[key] = value.clone() if ptr in seen else value
         seen.add(ptr)
     return out
-
-
-def load_any(path: str | Path, trust_official: bool = False,
-             device: str | torch.device = "cpu", precision: str = "fp32") -> KARL:
-    """A release directory (ours or converted) or an authors' ``.pth`` (needs the opt-in).
-
-    Kept for existing callers; :func:`karl.api.load_model` is the one loader.
-    """
-    from karl.api import load_model
-    return load_model(path, trust=trust_official, device=device, precision=precision)
 
 
 # --------------------------------------------------------------------------- CLI

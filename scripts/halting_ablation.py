@@ -20,7 +20,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from analysis._common import encode_many  # noqa: E402
+from analysis._common import sweep_many  # noqa: E402
 from karl import LOSS_BINS, load_pretrained  # noqa: E402
 from heldout_set import load_photos, load_procedural  # noqa: E402
 from karl.metrics import l1  # noqa: E402
@@ -39,11 +39,12 @@ def held_out(root: Path, size: int) -> dict[str, torch.Tensor]:
 def measure(model, sets: dict[str, torch.Tensor]) -> dict:
     out: dict = {}
     for name, x in sets.items():
-        probs, keep = encode_many(model, x, LOSS_BINS)
-        out[name] = {"kc_by_eps": keep.sum(-1).mean(0).tolist(),
+        sweep = sweep_many(model, x, LOSS_BINS)
+        probs, kc = sweep.halting_probs.double().numpy(), sweep.kc_hat.numpy()
+        out[name] = {"kc_by_eps": kc.mean(0).tolist(),
                      "halt_prob_0.05": probs[:, LOSS_BINS.index(0.05)].mean(0).tolist(),
                      "halt_prob_0.1": probs[:, LOSS_BINS.index(0.1)].mean(0).tolist(),
-                     "monotone_share": float((np.diff(keep.sum(-1), axis=1) <= 0).all(1).mean())}
+                     "monotone_share": float((np.diff(kc, axis=1) <= 0).all(1).mean())}
         for eps in TABLE3_EPS:
             enc = model.encode(x, epsilon=eps)
             err = l1(model.decode(enc), x)

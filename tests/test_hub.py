@@ -59,17 +59,31 @@ def offline_cache(tmp_path, monkeypatch, hub_folder):
     return model, cache
 
 
-def test_hub_ids_are_org_slash_name_that_are_not_local_paths(tmp_path, monkeypatch):
+def test_hub_repos_are_named_explicitly_with_hf_prefix(tmp_path, monkeypatch):
     assert split_hub_id("org/name") == ("org/name", None)
     assert split_hub_id("org/name@v1.0") == ("org/name", "v1.0")
-    for s in ("org/name", "my-org/karl_cpu.v2", "org/name@main"):
+    for s in ("hf:org/name", "hf:my-org/karl_cpu.v2", "hf:org/name@main"):
         assert is_hub_id(s), s
-    for s in ("name", "a/b/c", "./org/name", "/org/name", "~/name", "org/", "../name", "org/..", "", "o rg/n"):
+    for s in ("org/name", "name", "hf:name", "hf:a/b/c", "hf:org/", "hf:../name", "hf:org/..", "", "hf:o rg/n"):
         assert not is_hub_id(s), s
-    assert not is_hub_id(Path("org/name"))  # a Path is always local
+    assert not is_hub_id(Path("hf:org/name"))  # a Path is always local
+
+
+def test_a_bare_org_slash_name_is_a_local_path_and_never_asks_the_hub(tmp_path, monkeypatch):
+    """Issue 24: a mistyped folder fails at once, naming the hf: spelling, with no network."""
+    from karl.api import ModelNotFoundError, load_model, parse_model_ref
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setenv("HF_ENDPOINT", "http://192.0.2.1:9")  # TEST-NET-1: would hang if asked
+    t = time.perf_counter()
+    with pytest.raises(ModelNotFoundError, match="does not exist.*write hf:org/name"):
+        load_model("org/name")
+    with pytest.raises(ModelNotFoundError, match="does not exist"):
+        load_pretrained("org/name")
+    assert time.perf_counter() - t < 2
     (tmp_path / "org" / "name").mkdir(parents=True)
-    assert not is_hub_id("org/name")  # an existing local folder wins
+    assert parse_model_ref("org/name").kind == "release"  # an existing local folder
+    assert parse_model_ref("hf:org/name@v1").kind == "hub" and parse_model_ref("hf:org/name@v1").revision == "v1"
 
 
 def test_model_card_has_metadata_architecture_and_the_release_card(hub_folder):
@@ -81,7 +95,7 @@ def test_model_card_has_metadata_architecture_and_the_release_card(hub_folder):
     assert "| input | 32x32 RGB in [0, 1] |" in card
     assert "| 1D tokens | up to 16 of 4 dims, continuous |" in card
     assert "| training step | 7 |" in card
-    assert 'load_pretrained("org/tiny")' in card
+    assert 'load_pretrained("hf:org/tiny")' in card and "--checkpoint hf:org/tiny" in card
     assert card.rstrip().endswith("![curve](curve.png)")  # MODEL_CARD.md appended verbatim
 
 
@@ -92,9 +106,9 @@ def _equal_weights(a, b) -> bool:
 
 def test_load_from_hub_cache_offline_is_bitwise_equal(offline_cache):
     model, _ = offline_cache
-    assert _equal_weights(load_pretrained("org/tiny"), model)
-    assert _equal_weights(load_pretrained(f"org/tiny@{SHA}"), model)  # a pinned commit
-    assert _equal_weights(load_pretrained("org/tiny", revision=SHA), model)
+    assert _equal_weights(load_pretrained("hf:org/tiny"), model)
+    assert _equal_weights(load_pretrained(f"hf:org/tiny@{SHA}"), model)  # a pinned commit
+    assert _equal_weights(load_pretrained("hf:org/tiny", revision=SHA), model)
 
 
 def test_hf_home_layout_and_missing_repo_offline(tmp_path, monkeypatch, hub_folder):
@@ -104,9 +118,9 @@ def test_hf_home_layout_and_missing_repo_offline(tmp_path, monkeypatch, hub_fold
     monkeypatch.delenv("HUGGINGFACE_HUB_CACHE", raising=False)
     monkeypatch.setenv("HF_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    assert load_pretrained("org/tiny").config == model.config
+    assert load_pretrained("hf:org/tiny").config == model.config
     with pytest.raises(HubUnavailableError) as err:
-        load_pretrained("org/other")
+        load_pretrained("hf:org/other")
     msg = str(err.value)
     assert "HF_HUB_OFFLINE=1" in msg and "not in the Hub cache" in msg and "local release directory" in msg
 
@@ -114,12 +128,12 @@ def test_hf_home_layout_and_missing_repo_offline(tmp_path, monkeypatch, hub_fold
 def test_eval_and_app_accept_a_hub_id(offline_cache):
     model, _ = offline_cache
     from karl.evaluate import load_model
-    assert load_model("org/tiny").config == model.config
+    assert load_model("hf:org/tiny").config == model.config
     from app.models import ModelLoadError, load_app_model
-    loaded = load_app_model("org/tiny")
+    loaded = load_app_model("hf:org/tiny")
     assert loaded.model.config == model.config and "Hugging Face Hub" in loaded.source
     with pytest.raises(ModelLoadError, match="local release directory"):
-        load_app_model("org/missing")
+        load_app_model("hf:org/missing")
 
 
 def test_push_refuses_offline_and_bad_ids(monkeypatch):
@@ -150,7 +164,7 @@ def test_unreachable_hub_fails_fast_with_a_hint_and_falls_back_to_the_cache(tmp_
         from pathlib import Path
         t = time.perf_counter()
         try:
-            load_pretrained("org/tiny")
+            load_pretrained("hf:org/tiny")
             print("LOADED-UNEXPECTEDLY")
         except HubUnavailableError as e:
             print("LOAD-ERROR", round(time.perf_counter() - t, 1), e)
@@ -160,7 +174,7 @@ def test_unreachable_hub_fails_fast_with_a_hint_and_falls_back_to_the_cache(tmp_
             print("PUSH-ERROR", e)
         from test_hub import lay_out_snapshot
         lay_out_snapshot(Path({str(folder)!r}), Path({str(cache)!r}), "org/tiny")
-        print("CACHED", load_pretrained("org/tiny").config.image_size)
+        print("CACHED", load_pretrained("hf:org/tiny").config.image_size)
     """)
     port = _closed_port()
     env = {**os.environ, "HF_HUB_OFFLINE": "0", "HF_ENDPOINT": f"http://127.0.0.1:{port}",

@@ -47,12 +47,52 @@ def test_every_caller_routes_through_the_one_loader(tmp_path, monkeypatch):
     real = karl.api.load_model
     monkeypatch.setattr(karl.api, "load_model", lambda spec, **kw: calls.append(str(spec)) or real(spec, **kw))
     rel = save_pretrained(build_model("tiny", seed=0), tmp_path / "rel")
-    from analysis.report import load_model as report_load
     from app.models import load_app_model
     from karl.evaluate import load_model as eval_load
-    from karl.official import load_any
-    eval_load(str(rel)), report_load(str(rel)), load_app_model(rel), load_any(rel)
-    assert calls == [str(rel)] * 4
+    from karl.model_args import load_model_from_args
+    args = argparse.Namespace(checkpoint=str(rel), preset=None, trust_official=False, device="cpu",
+                              precision="fp32")
+    eval_load(str(rel)), load_model_from_args(args), load_app_model(rel)
+    assert calls == [str(rel)] * 3
+
+
+def _help(main, argv=()) -> str:
+    import contextlib
+    import io
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), pytest.raises(SystemExit):
+        main([*argv, "--help"])
+    return " ".join(out.getvalue().split())   # argparse wraps lines by width
+
+
+def test_every_command_line_takes_the_same_model_options():
+    """Issue 24: one helper (karl.model_args) adds them; the defaults used to differ (device)."""
+    from analysis.human_study import main as human_main
+    from analysis.report import main as report_main
+    from app.cli import main as app_main
+    from karl.complexity import main as complexity_main
+    from karl.evaluate import main as eval_main
+    helps = {"eval": _help(eval_main), "complexity": _help(complexity_main, ["x"]),
+             "report": _help(report_main), "human_study": _help(human_main, ["x"]), "app": _help(app_main)}
+    for name, text in helps.items():
+        for option in ("--checkpoint MODEL", "--preset NAME", "--trust-official", "--device DEVICE",
+                       "--precision {fp32,bf16,fp16,int8,auto}", "hf:ORG/NAME[@REV]",
+                       "default: cuda if available, cuda:LOCAL_RANK under torchrun, else cpu"):
+            assert option in text, (name, option)
+
+
+def test_a_mistyped_folder_fails_at_once_on_the_command_line(tmp_path, capsys):
+    """A bare org/name is a local path: no Hub request, one line naming the hf: spelling."""
+    import time
+
+    from karl.complexity import main as complexity_main
+    from karl.evaluate import main as eval_main
+    t = time.perf_counter()
+    assert complexity_main(["procedural:2", "--checkpoint", "nope/x", "--out", str(tmp_path / "c.csv")]) == 2
+    assert eval_main(["--checkpoint", "nope/x", "--data", "procedural:2", "--out", str(tmp_path / "e")]) == 2
+    assert time.perf_counter() - t < 5
+    err = capsys.readouterr().err
+    assert err.count("checkpoint nope/x does not exist (for the Hugging Face Hub repo nope/x write hf:nope/x)") == 2
 
 
 def test_non_finite_weights_are_refused_on_every_load_path(tmp_path):

@@ -14,8 +14,8 @@ def _model_that_halts_by_bin():
                           generator=torch.Generator().manual_seed(0)) * 3
     encoder = model.forward_encoder
 
-    def forward_encoder(tokens2d, bin_idx, budget):
-        z, logits = encoder(tokens2d, bin_idx, budget)
+    def forward_encoder(tokens2d, bin_idx, budget, grid=None):
+        z, logits = encoder(tokens2d, bin_idx, budget, grid)
         shift = 2 * tokens2d.mean(dim=(1, 2))[:, None]
         return z, logits + offsets[bin_idx, :budget] + shift
 

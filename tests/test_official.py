@@ -22,7 +22,7 @@ from conftest import fixture_dir, read_key_list
 from safetensors.torch import load_file
 from torch import nn
 
-from karl import load_official, load_pretrained
+from karl import load_model, load_official, load_pretrained
 from karl.base_tokenizers import BaseGrid
 from karl.checkpoint import CheckpointError
 from karl.config import ModelConfig, preset
@@ -30,7 +30,7 @@ from karl.model import KARL
 from karl.model.layers import Attention
 from karl.official import (
     OFFICIAL_ROOTS, RELEASE_VAE_CONVENTIONS, UntrustedCheckpointError, convert_official,
-    infer_config, load_any, main, map_official_keys, read_official, select_weights,
+    infer_config, main, map_official_keys, read_official, select_weights,
 )
 
 torch.set_num_threads(1)
@@ -235,7 +235,7 @@ def test_convert_reduced_and_run(kind, ddp, tmp_path, capsys):
     direct = load_official(src, trust=True)
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(),
                                                  direct.state_dict().values()))
-    assert load_any(out).config == model.config
+    assert load_model(out).config == model.config
 
     # 256x256 at batch 3 (different epsilons, so different programs) equals batch 1.
     x, eps = images(3), torch.tensor([0.005, 0.05, 0.38])

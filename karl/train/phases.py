@@ -35,7 +35,7 @@ from torch import Tensor
 from karl.config import TrainConfig
 from karl.losses import ReconLoss
 from karl.metrics import l1 as per_image_l1
-from karl.model import KARL, epsilon_to_bin
+from karl.model import KARL, epsilon_to_bin, halting_decision
 from karl.precision import autocast as precision_autocast
 from karl.precision import cpu_has_fast_bf16
 
@@ -202,7 +202,7 @@ def ltc_phase(model: KARL, images: Tensor, tokens2d: Tensor, budget: int, e_t: T
     cond, free = ltc_conditions(model, e_t, cfg, generator)
     z, halt_logits = model.forward_encoder(tokens2d, cond, k, grid)
     latents, _, q_loss = model.quantize_latents(z)
-    keep = (halt_logits.detach().float().sigmoid() <= model.config.halt_threshold)
+    _, keep = halting_decision(halt_logits.detach(), model.config.halt_threshold)  # inference's rule
     head = model.forward_decoder(latents, keep)
     rec, rec_parts, recon_images = recon(head)
     labels, label_parts = ltc_labels(model, images, latents, cond, free, budget, cfg)
