@@ -30,6 +30,7 @@ import numpy as np
 import pandas as pd
 
 from analysis._common import epsilon_arg, epsilons_arg
+from karl.model_args import add_model_args
 from analysis.human import (DEFAULT_EPSILONS, PROXY_SIZE, human_measures, input_size_note,
                             kc_by_epsilon, load_human, measure_label, run_human_analysis,
                             subsample_per_category)
@@ -158,11 +159,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("data", help="the Savoias folder (holding Images/ and Ground truth/) or a CSV of "
                     "human scores (docs/ANALYSIS.md)")
-    src = ap.add_mutually_exclusive_group()
-    src.add_argument("--checkpoint", help="release directory (default: the bundled model) or an "
-                     "authors' .pth (with --trust-official)")
-    src.add_argument("--preset", help="random weights of a preset instead (e.g. tiny): smoke tests")
-    ap.add_argument("--trust-official", action="store_true", help="allow unpickling an authors' .pth")
+    add_model_args(ap)
     ap.add_argument("--epsilons", type=epsilons_arg, default=DEFAULT_EPSILONS,
                     help="epsilons of the KC-hat and continuous KC columns (default "
                     f"{','.join(f'{e:g}' for e in DEFAULT_EPSILONS)})")
@@ -177,21 +174,20 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the CIs")
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--device", default="cpu")
     ap.add_argument("--out-dir", default="human_study", help="where the CSVs go (default human_study/)")
     return ap.parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    from analysis.report import load_model
     from karl.checkpoint import CheckpointError
+    from karl.model_args import load_model_from_args
 
     try:  # the data first: a wrong folder fails before the model loads
         df = load_human(args.data, args.images, strict=args.strict)
         if args.max_per_category:
             df = subsample_per_category(df, args.max_per_category, args.seed)
-        model, model_desc = load_model(args.checkpoint, args.preset, args.trust_official, args.device)
+        model, model_desc = load_model_from_args(args)
     except (FileNotFoundError, ValueError, CheckpointError) as err:  # not Savoias, bad CSV, no model
         print(f"analysis.human_study: error: {err}", file=sys.stderr)
         return 2

@@ -27,17 +27,21 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-from analysis import (compute_delta, compute_description_length, compute_gallery, compute_halting,
-                      compute_kc_curve, compute_token_sweep, gallery_html, plot_description_length, plot_halting,
-                      plot_halting_heatmap, plot_human_correlations, plot_human_heatmap, plot_kc_curve,
-                      plot_kc_vs_delta, plot_token_sweep, standard_probe_images)
+from analysis.description_length import compute_description_length, plot_description_length
+from analysis.gallery import compute_gallery, gallery_html
+from analysis.halting import compute_halting, plot_halting, plot_halting_heatmap
+from analysis.human import plot_human_correlations, plot_human_heatmap
+from analysis.kc_curve import compute_kc_curve, plot_kc_curve
+from analysis.structure_noise import (compute_delta, compute_token_sweep, plot_kc_vs_delta, plot_token_sweep,
+                                      standard_probe_images)
 from analysis._common import check_images, epsilon_arg, epsilon_row, epsilons_arg
 from analysis.gallery import _thumb_uri
 from analysis.human import DEFAULT_EPSILONS, PROXY_SIZE, load_human, subsample_per_category
 from analysis.data import load_data
+from karl.checkpoint import CheckpointError
 from karl.data.spec import DataSpecError, parse_data_spec
+from karl.model_args import add_model_args, load_model_from_args
 
-BUNDLED_CHECKPOINT = Path("assets/checkpoints/karl_cpu")
 SECTIONS = {
     "model": "Model and data",
     "halting": "1. Halting probability per token",
@@ -48,24 +52,6 @@ SECTIONS = {
     "description": "6. Known description length",
     "tokens": "7. What each token encodes",
 }
-
-
-def load_model(checkpoint: str | None, preset: str | None = None, trust_official: bool = False,
-               device: str = "cpu"):
-    """:func:`karl.api.load_model` for the report: ``(model, description)``; ``preset`` means random
-    weights, no checkpoint the bundled model."""
-    from karl.api import ModelNotFoundError, load_model as load_any_model
-
-    if preset is not None:
-        return load_any_model(f"random:{preset}", device=device), f"random weights, preset {preset!r}"
-    path = Path(checkpoint) if checkpoint else BUNDLED_CHECKPOINT
-    if not path.exists():
-        raise FileNotFoundError(f"checkpoint {path} does not exist (train the bundled model with "
-                                "scripts/train_cpu_model.sh, or pass --checkpoint / --preset tiny)")
-    try:
-        return load_any_model(path, trust=trust_official, device=device), str(path)
-    except ModelNotFoundError as err:
-        raise FileNotFoundError(str(err)) from None
 
 
 # ----------------------------------------------------------------------------- HTML pieces
@@ -345,12 +331,7 @@ def _tokens_section(model, image: Tensor, name: str, epsilon: float, save, out_d
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m analysis.report", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    src = ap.add_mutually_exclusive_group()
-    src.add_argument("--checkpoint", help=f"release directory (default {BUNDLED_CHECKPOINT}) or an "
-                     "authors' .pth (with --trust-official)")
-    src.add_argument("--preset", help="random weights of a preset instead (e.g. tiny): smoke tests")
-    ap.add_argument("--trust-official", action="store_true",
-                    help="allow unpickling an authors' .pth checkpoint (only for files you trust)")
+    add_model_args(ap)
     ap.add_argument("--data", default="corpus", help="image folder, 'procedural[:N]', 'corpus' (default), "
                     "image file, glob, imagefolder:PATH or a Hugging Face name (karl/data/spec.py)")
     ap.add_argument("--max-images", type=int, default=64)
@@ -372,9 +353,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the CIs")
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16", "auto"),
-                    help="inference precision (default fp32; auto: bf16 where the hardware has it)")
     args = ap.parse_args(argv)
 
     try:  # first: a wrong spec or folder fails before anything slow runs
@@ -391,11 +369,11 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         if args.max_human_images:
             human_df = subsample_per_category(human_df, args.max_human_images, args.seed)
-    model, model_desc = load_model(args.checkpoint, args.preset, args.trust_official, args.device)
-    if args.precision != "fp32":
-        from karl.precision import set_precision
-        set_precision(model, args.precision)
-        model_desc += f", precision {args.precision}"
+    try:
+        model, model_desc = load_model_from_args(args)
+    except CheckpointError as err:  # names nothing, untrusted .pth, damaged weights
+        print(f"analysis.report: error: {err}", file=sys.stderr)
+        return 2
     try:
         images, names, data_desc = load_data(data, model.image_size, args.max_images, args.seed)
     except (DataSpecError, FileNotFoundError) as err:  # names nothing, nothing readable

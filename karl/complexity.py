@@ -1,6 +1,6 @@
 """``karl-complexity``: KC-hat of every image of a data set at one or more epsilons, as a CSV.
 
-    karl-complexity IMAGES... [--checkpoint DIR|org/name] [--epsilon 0.05 0.1] [--out complexity.csv]
+    karl-complexity IMAGES... [--checkpoint DIR|hf:org/name] [--epsilon 0.05 0.1] [--out complexity.csv]
 
 IMAGES: data specs (``karl/data/spec.py``, as ``karl-eval --data``): folders (recursive), globs
 (``'data/**/*.jpg'``), image files, ``procedural[:N]``, ``corpus``, ``imagefolder:PATH`` or a
@@ -34,7 +34,8 @@ from karl.data.imageset import ImageSet, open_images
 from karl.data.spec import GLOB_CHARS, DataSpec, DataSpecError, HFLoadError, MissingPathError, parse_data_spec
 from karl.config import LOSS_BINS
 from karl.model.encoding import RequestError, parse_epsilons
-from karl.precision import PRECISIONS, resolve_precision, set_precision
+from karl.model_args import add_model_args, load_model_from_args, model_spec
+from karl.precision import resolve_precision, set_precision
 from karl.results_csv import ResultsCSV, ResultsFileError
 
 __all__ = ["main", "collect_images", "score_batch", "resolved_precision", "FIELDS",
@@ -178,11 +179,6 @@ def _fingerprint(model, checkpoint: str, precision: str, device: torch.device) -
 
 # ----------------------------------------------------------------------------- run
 
-def _default_checkpoint() -> str | None:
-    bundled = Path(__file__).resolve().parent.parent / "assets" / "checkpoints" / "karl_cpu"
-    return str(bundled) if (bundled / "config.json").is_file() else None
-
-
 def _parse_epsilons(values: list[str], bins=LOSS_BINS) -> tuple[list[float], list[str]]:
     """--epsilon by karl's one rule (``karl.model.parse_epsilons``, as the app): (epsilons, notices)."""
     try:
@@ -203,20 +199,12 @@ def build_parser() -> argparse.ArgumentParser:
                "files with one path a line, procedural[:N], corpus, imagefolder:PATH or a Hugging Face data set.")
     p.add_argument("images", nargs="+", help="folders, globs, image files, file lists, procedural[:N], corpus, "
                    "imagefolder:PATH, Hugging Face names")
-    p.add_argument("--checkpoint", default=_default_checkpoint(),
-                   help="release directory, Hugging Face Hub id (org/name), authors' .pth (with "
-                        "--trust-official) or random:PRESET (default: the bundled karl_cpu)")
-    p.add_argument("--trust-official", action="store_true", help="allow unpickling an authors' .pth")
+    add_model_args(p)
     p.add_argument("--epsilon", nargs="+", default=["0.05"],
                    help="target mean absolute pixel errors, space- or comma-separated (default 0.05); "
                         ">= 0, above the largest loss bin (0.38) conditioned on that bin, with a warning")
     p.add_argument("--out", default="complexity.csv", help="CSV to write or resume (default complexity.csv)")
     p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--precision", default="fp32", choices=PRECISIONS,
-                   help="fp32 (default), bf16, fp16 (base tokenizer and decoding at that precision, "
-                        "halting decisions guarded in fp32), int8 (the KARL decoder in int8) or auto "
-                        "(the fastest of these measured on this machine, karl/autoprecision.py)")
-    p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda if available)")
     p.add_argument("--workers", type=int, default=0, help="image-loading worker processes (default 0)")
     p.add_argument("--split", help="Hugging Face / imagefolder split (default: validation for a Hub set, "
                                    "train for an imagefolder, as karl-eval)")
@@ -226,12 +214,10 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _load(args) -> Any:
-    if not args.checkpoint:
-        raise ComplexityError("no --checkpoint given and no bundled model next to the package")
-    from karl.evaluate import load_model  # karl.api.load_model with karl-eval's errors and random: warning
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    return load_model(args.checkpoint, args.trust_official, device), device
+def _load(args) -> tuple[Any, torch.device, str]:
+    """(model, device, the model reference) for the shared model options (karl/model_args.py)."""
+    model, _ = load_model_from_args(args, apply_precision=False)   # run() validates and sets it
+    return model, model.device, model_spec(args)
 
 
 def _rows(items: list[ImageItem], idx: list[int], scores, epsilons) -> list[dict]:
@@ -247,7 +233,7 @@ def run(args: argparse.Namespace) -> tuple[int, int, int]:
     items = collect_images(args.images, args.split, args.image_key)
     if not items:
         raise ComplexityError("no images found in " + " ".join(args.images))
-    model, device = _load(args)
+    model, device, checkpoint = _load(args)
     resolved_precision(args.precision, device)                         # validates before any work
     for notice in _parse_epsilons(args.epsilon, model.config.loss_bins)[1]:  # the model's own bins
         log.warning("%s", notice)
@@ -256,7 +242,7 @@ def run(args: argparse.Namespace) -> tuple[int, int, int]:
     out.parent.mkdir(parents=True, exist_ok=True)
     if args.overwrite and out.exists():
         out.unlink()
-    _check_run(out.with_suffix(".run.json"), _fingerprint(model, args.checkpoint, args.precision, device),
+    _check_run(out.with_suffix(".run.json"), _fingerprint(model, checkpoint, args.precision, device),
                args.overwrite, out)
     try:
         results = results_file(out)
