@@ -294,6 +294,9 @@ def build_report(model, images: Tensor, names: Sequence[str], out_html: str | Pa
         "description": lambda: _description_section(run, n_per_family),
         "tokens": lambda: _tokens_section(model, images[rep], names[rep], epsilon, run.save, run.out_dir),
     }
+    # SECTIONS (titles, page order) and these builders are one list in two halves: a section in
+    # one and not the other would silently vanish from the page (issue 24), so they must agree.
+    assert list(sections) == list(SECTIONS), f"report sections {list(sections)} vs titles {list(SECTIONS)}"
     nav = " ".join(f"<a href='#{k}'>{html.escape(v)}</a>" for k, v in SECTIONS.items())
     parts = [f"<h1>{html.escape(title)}</h1><nav>{nav}</nav>"]
     from tqdm.auto import tqdm

@@ -9,11 +9,13 @@ from karl.config import PRESETS, ConfigError, TrainConfig, load_config
 
 
 def _random_base_warning(cfg, resuming: bool) -> str | None:
-    """Stage 1 on our conv autoencoder with no trained base distils a *random* autoencoder."""
+    """Stage 1 on a base that stage 0 trains (our conv autoencoder), with no trained base,
+    distils a *random* autoencoder."""
+    from karl.base_tokenizers import TOKENIZERS
     tc = cfg.train
     if tc.stage != 1 or resuming or tc.base_from or tc.init_from:
         return None
-    if cfg.model.base.kind != "conv_ae" or cfg.model.base.checkpoint:
+    if not TOKENIZERS[cfg.model.base.kind].trained_in_stage0 or cfg.model.base.checkpoint:
         return None
     return ("karl-train: warning: stage 1 without train.base_from distils the grid of a randomly "
             "initialised conv autoencoder, so the tokens learn to reproduce noise features. Train "

@@ -33,6 +33,8 @@ class BaseTokenizer(nn.Module):
     """Abstract base. Images are ``[B, 3, H, W]`` floats in ``[0, 1]`` in and out."""
 
     kind: str = "continuous"   # or "discrete"
+    # Trained from scratch in stage 0 (karl-train stage=0); the others come pretrained.
+    trained_in_stage0: bool = False
     latent_dim: int
     downsample: int
     head_dim: int

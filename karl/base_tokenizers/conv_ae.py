@@ -31,6 +31,7 @@ class ConvAutoencoder(BaseTokenizer):
     """Encoder: conv stem, ``len(channel_mult) - 1`` stride-2 levels, tanh latent."""
 
     kind = "continuous"
+    trained_in_stage0 = True
 
     def __init__(self, cfg: BaseTokenizerConfig):
         super().__init__()
