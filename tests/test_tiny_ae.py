@@ -93,6 +93,8 @@ def test_cpu_tae_preset_forward_and_gradients_skip_the_frozen_base():
     model = build_model(cfg.model, seed=0)
     model.base.requires_grad_(False)
     images = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():  # the trainer fits the preset's linear code before the first step
+        model.linear_code.fit(model.base_encode(torch.rand(48, 3, 64, 64)).features)
     loss, parts, _ = karl_iteration(model, images, TokenReconLoss(model.base), cfg.train,
                                     torch.Generator().manual_seed(0), budget=8)
     loss.backward()
