@@ -32,8 +32,9 @@ from PIL import Image
 from torch import Tensor
 
 from karl.data.images import ImageLoadError, load_image, preprocess
-from karl.model.encoding import (Encoding, RequestError, Sweep, _finite_number, check_budget, check_count,
+from karl.model.encoding import (Encoding, RequestError, Sweep, check_budget, check_count,  # noqa: F401
                                  check_epsilon)
+from karl.model.encoding import _finite_number  # noqa: F401 (app/human.py's images-per-category check)
 
 __all__ = ["InputError", "PreparedImage", "TokenizeResult", "LRUCache",
            "prepare_image", "base_grid", "halting_sweep", "tokenize", "complexity_json",

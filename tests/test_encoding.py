@@ -8,7 +8,6 @@ import argparse
 import csv
 import dataclasses
 from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
 import pytest
