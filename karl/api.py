@@ -38,12 +38,10 @@ def load_pretrained(directory: str | Path, device: str | torch.device = "cpu",
     (:func:`karl.precision.set_precision`, which also changes it later).
     """
     from karl.precision import set_precision
-    ref = parse_model_ref(directory)  # a path that does not exist: ModelNotFoundError, no network
-    if ref.kind == "hub":
+    if isinstance(directory, str) and directory.startswith(HUB_PREFIX):
+        ref = parse_model_ref(directory)
         directory = snapshot_dir(ref.target, revision or ref.revision)
-    elif ref.kind == "release":
-        directory = ref.target
-    meta, state = read_release(directory)  # an authors' .pth: says how to convert it
+    meta, state = read_release(directory)  # anything else is local: no network; a .pth says how to convert
     cfg = model_config_from_dict(meta["model"])
     model = KARL(cfg)
     load_state_dict_strict(model, state)

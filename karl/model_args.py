@@ -24,7 +24,8 @@ from pathlib import Path
 
 import torch
 
-from karl.api import MODEL_SPEC_HELP, ModelNotFoundError, load_model, parse_model_ref
+from karl import api
+from karl.api import MODEL_SPEC_HELP, ModelNotFoundError, parse_model_ref
 
 __all__ = ["BUNDLED_CHECKPOINT", "PRECISION_CHOICES", "add_model_args", "default_device", "describe_ref",
            "load_model_from_args", "model_spec", "resolve_device"]
@@ -106,5 +107,6 @@ def load_model_from_args(args: argparse.Namespace, apply_precision: bool = True)
     if spec.startswith("random:"):
         warnings.warn(f"{spec}: a randomly initialised model; numbers are meaningless", stacklevel=2)
     precision = args.precision if apply_precision else "fp32"
-    model = load_model(spec, trust=args.trust_official, device=resolve_device(args.device), precision=precision)
+    model = api.load_model(spec, trust=args.trust_official, device=resolve_device(args.device),
+                           precision=precision)
     return model, what + (f", precision {precision}" if precision != "fp32" else "")

@@ -78,7 +78,7 @@ def test_a_bare_org_slash_name_is_a_local_path_and_never_asks_the_hub(tmp_path, 
     t = time.perf_counter()
     with pytest.raises(ModelNotFoundError, match="does not exist.*write hf:org/name"):
         load_model("org/name")
-    with pytest.raises(ModelNotFoundError, match="does not exist"):
+    with pytest.raises(CheckpointError, match="not a KARL release directory"):
         load_pretrained("org/name")
     assert time.perf_counter() - t < 2
     (tmp_path / "org" / "name").mkdir(parents=True)
