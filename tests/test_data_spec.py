@@ -55,6 +55,8 @@ def test_every_form_parses_to_its_kind(folder, tmp_path, monkeypatch):
     ("./no/such/dir", "no such file or folder"),
     ("a/b/c", "no such file or folder"),
     ("missing.png", "no such file or folder"),
+    ("nope/", "no such file or folder"),        # a mistyped folder never becomes a Hub request
+    ("my photos", "no such file or folder"),
     ("imagefolder:/no/such/dir", "no such folder"),
     ("/no/such/*.png", "the glob matches no file"),
 ])

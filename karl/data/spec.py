@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import glob as _glob
 import os
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -91,10 +92,16 @@ def _glob_files(pattern: str) -> list[Path]:
             if Path(m).is_file()]
 
 
+# A Hub data set id: "name" or "org/name" (letters, digits, "-", "_", "."), no empty part.
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")
+
+
 def _looks_like_path(text: str) -> bool:
+    """Anything that cannot be a Hub id is a path: a mistyped folder (``nope/``) fails at once
+    instead of turning into a Hub request."""
     from karl.data.images import IMAGE_EXTENSIONS
     return (text.startswith((".", "/", "~")) or text.count("/") > 1
-            or Path(text).suffix.lower() in IMAGE_EXTENSIONS)
+            or Path(text).suffix.lower() in IMAGE_EXTENSIONS or not _HUB_ID.fullmatch(text))
 
 
 def _procedural(text: str) -> DataSpec:
