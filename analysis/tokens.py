@@ -178,8 +178,9 @@ def _encode(model, image: Tensor, epsilon: float, budget: int | None):
 
 
 def _decode_head(model, head: Tensor, batch_size: int) -> Tensor:
-    """Base-tokenizer head -> pixels in chunks (its activations are image-sized) -> cpu float."""
-    return torch.cat([model.base.decode_head(head[sl]).clamp(0, 1).float().cpu()
+    """Base-tokenizer head -> pixels in chunks (its activations are image-sized) -> cpu float,
+    at the model's precision (``KARL.decode_head``)."""
+    return torch.cat([model.decode_head(head[sl]).clamp(0, 1).float().cpu()
                       for sl in chunks(head.shape[0], batch_size)])
 
 

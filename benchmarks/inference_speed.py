@@ -219,7 +219,7 @@ def measure(model: KARL, x: torch.Tensor, a: argparse.Namespace, device: torch.d
         for name, (precision, batch, recheck) in variants.items():
             set_precision(model, precision, recheck=recheck)
             if name in stats:
-                model.precision_stats = stats[name]
+                model.precision_policy.stats = stats[name]
             chunks = [x[i:i + batch] for i in range(0, len(x) if r else 1, batch)]
             results = []
             with PeakMemory(device) as mem:
@@ -255,7 +255,7 @@ def report(model: KARL, x: torch.Tensor, a: argparse.Namespace, variants: dict, 
               f"{(probs - ref_probs).abs().max().item():.1e} | {diff.max().item():.4f} | "
               f"{diff.mean().item():.5f} | {recheck} |")
     set_precision(model, "auto")
-    model.precision_stats = stats["auto"]
+    model.precision_policy.stats = stats["auto"]
     print(describe_precision(model, detail=True))
     keep, _, img = outputs["auto"]
     return (f"speedup_auto_vs_fp32={base / statistics.median(times['auto']):.2f} "

@@ -40,19 +40,22 @@ is bf16 decoding where the GPU supports it, the encode side fp32 (not probed).
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import dataclasses
 import functools
 import json
 import os
-import platform
 import time
 from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
 from torch import nn
+
+from karl import kernels
+from karl.paths import cache_dir
+from karl.precision_plan import (NAMED_PLANS, Plan, cpu_flags, cpu_has_fast_bf16, cpu_model_name,
+                                 set_conv_layout, stage_context)
 
 __all__ = ["Decision", "MARGIN", "choose_plan", "guard_pays", "decide", "probe", "cache_key",
            "cache_path", "cpu_flags", "cpu_model_name"]
@@ -73,7 +76,7 @@ STAGE_NAMES = {"base_encode": "base encoder", "karl_encode": "KARL encoder",
 @dataclasses.dataclass
 class Decision:
     """What ``auto`` means for one model on one device, and why."""
-    plan: object                       # karl.precision.Plan
+    plan: Plan
     source: str                        # probe | cache | env | cuda | no model
     reason: str
     timings: dict[str, dict[str, float]] = dataclasses.field(default_factory=dict)
@@ -95,30 +98,7 @@ class Decision:
 
 
 # ----------------------------------------------------------------------------- machine
-
-@functools.lru_cache(maxsize=1)
-def _cpuinfo() -> tuple[str, frozenset]:
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return platform.processor() or platform.machine(), frozenset()
-    name, flags = "", set()
-    for line in text.splitlines():
-        if line.startswith("model name") and not name:
-            name = line.split(":", 1)[1].strip()
-        elif line.startswith("flags"):
-            flags.update(line.split(":", 1)[1].split())
-    return name or platform.machine(), frozenset(flags)
-
-
-def cpu_model_name() -> str:
-    return _cpuinfo()[0]
-
-
-def cpu_flags() -> frozenset:
-    """The CPU's flags from ``/proc/cpuinfo`` (empty where it cannot be read)."""
-    return _cpuinfo()[1]
-
+# (cpu_model_name and cpu_flags live in karl/precision_plan.py; re-exported here)
 
 def model_signature(model: nn.Module) -> str:
     c = model.config
@@ -133,7 +113,6 @@ def cache_key(model: nn.Module) -> str:
 
 
 def cache_path() -> Path:
-    from karl.paths import cache_dir
     return cache_dir("precision") / "auto.json"
 
 
@@ -146,7 +125,6 @@ def _read_cache() -> dict:
 
 
 def load_cached(key: str) -> Decision | None:
-    from karl.precision import Plan
     entry = _read_cache().get(key)
     try:
         return Decision(Plan(**entry["plan"]), "cache", f"{entry['reason']} [measured {entry['when']}]",
@@ -177,9 +155,8 @@ def _fmt(opts: dict[str, float]) -> str:
     return " / ".join(f"{o} {t:.3g}" for o, t in opts.items())
 
 
-def choose_plan(timings: dict[str, dict[str, float]], margin: float = MARGIN) -> tuple[object, str]:
+def choose_plan(timings: dict[str, dict[str, float]], margin: float = MARGIN) -> tuple[Plan, str]:
     """The plan from estimated seconds per image per stage and option (pure; see module doc)."""
-    from karl.precision import Plan
     chosen, parts = {}, []
     for stage in STAGE_NAMES:
         opts = {o: t for o, t in timings.get(stage, {}).items() if o in _AUTO.get(stage, _EXACTNESS)}
@@ -201,7 +178,7 @@ def choose_plan(timings: dict[str, dict[str, float]], margin: float = MARGIN) ->
     return plan, "; ".join(parts) + why
 
 
-def guard_pays(timings: dict[str, dict[str, float]], plan, images: int, near_images: int) -> bool:
+def guard_pays(timings: dict[str, dict[str, float]], plan: Plan, images: int, near_images: int) -> bool:
     """Whether the plan's encode side still pays with its re-check: it saves ``exact - fast``
     per image (base encoder + KARL encoder) and costs ``rate * exact`` (the re-encode of the
     images with a decision within the plan's margin). True before MIN_IMAGES images."""
@@ -213,16 +190,14 @@ def guard_pays(timings: dict[str, dict[str, float]], plan, images: int, near_ima
     return exact - fast > near_images / images * exact
 
 
-def cuda_plan():
+def cuda_plan() -> Plan:
     """``auto`` on CUDA: bf16 decoding where the GPU supports it (not probed: no GPU was
     measured); the encode side fp32, as on CPU."""
-    from karl.precision import Plan
     return Plan(karl_decode="bf16", base_decode="bf16") if torch.cuda.is_bf16_supported() else Plan()
 
 
 def decide(model: nn.Module) -> Decision:
     """``auto`` for ``model`` on its device: env override, CUDA rule, cache, or a probe."""
-    from karl.precision import NAMED_PLANS, Plan
     forced = os.environ.get(ENV, "").strip().lower()
     if forced in NAMED_PLANS:
         return Decision(NAMED_PLANS[forced], "env", f"{ENV}={forced}")
@@ -268,8 +243,6 @@ def probe(model: nn.Module) -> dict[str, dict[str, float]]:
 def _cases(model: nn.Module, q: int) -> list[tuple]:
     """(stage, option, fn, scale to the whole stage, encoder side channels-last, decoder side
     channels-last) for every option this CPU can run natively (module doc)."""
-    from karl import kernels
-    from karl.precision import cpu_has_fast_bf16
     g, d = model.grid_size // q, model.config.base.downsample
     x = torch.rand(1, 3, g * d, g * d)
     head = torch.randn(1, model.base.head_dim, g, g)
@@ -303,16 +276,13 @@ def _cases(model: nn.Module, q: int) -> list[tuple]:
 def _probe(model: nn.Module, q: int) -> dict[str, dict[str, float]]:
     """One warm-up round, then REPS rounds over all cases, interleaved (a machine shared with
     other jobs slows the options alike); the best time of each, scaled to its whole stage."""
-    from karl.precision import autocast, onednn_on, set_conv_layout
     cases = _cases(model, q)
     best: dict[tuple[str, str], float] = {}
     for r in range(REPS + 1):
         for stage, option, fn, factor, enc_cl, dec_cl in cases:
             set_conv_layout(model, enc_cl, dec_cl)
-            ctx = autocast("cpu", option) if option in ("bf16", "fp16") else (
-                onednn_on() if option == "fp32cl" else contextlib.nullcontext())
             try:
-                with ctx:
+                with stage_context("cpu", option):
                     t = time.perf_counter()
                     fn()
                     dt = (time.perf_counter() - t) * factor

@@ -1,7 +1,9 @@
 """Other CPU kernels for the Linear layers of a module (inference only): ``int8``, ``onednn``.
 
-:func:`install` replaces, per instance, the forward of every ``nn.Linear`` in a module (and
-the q/k/v projection of every :class:`karl.model.layers.Attention`):
+:func:`install` swaps every ``nn.Linear`` inside a module for a :class:`KernelLinear` (the
+same Parameters, another kernel; as ``torch.ao``'s dynamic quantization swaps modules) and
+gives every :class:`karl.model.layers.Attention` an ``in_proj_kernel`` that its ``in_proj``
+consults; no method is replaced on an instance:
 
 - ``int8``: PyTorch's dynamic int8 kernel (``quantized::linear_dynamic``, fbgemm / oneDNN:
   AVX-512 VNNI or AVX2, no AMX needed): weights int8 per output channel, activations
@@ -15,7 +17,7 @@ the q/k/v projection of every :class:`karl.model.layers.Attention`):
 
 The float weights stay the module's parameters (``state_dict`` and saving are unchanged);
 packed copies are plain attributes, so :func:`install` again after changing the weights.
-:func:`remove` restores the float forwards; inside :func:`reference` every installed layer
+:func:`remove` puts the float layers back; inside :func:`reference` every installed layer
 runs ``F.linear`` (karl.precision's fp32 re-check).
 """
 
@@ -31,10 +33,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["KINDS", "available", "install", "remove", "installed", "reference"]
+from karl.model.layers import Attention
+from karl.precision_plan import cpu_flags
+
+__all__ = ["KINDS", "Kernel", "KernelLinear", "available", "install", "remove", "installed", "reference"]
 
 KINDS = ("int8", "onednn")
-_ATTR = "_karl_kernel"
 _REFERENCE = contextvars.ContextVar("karl_kernels_reference", default=False)
 
 
@@ -53,7 +57,6 @@ def available(kind: str) -> bool:
 def _reduce_range() -> bool:
     """7-bit activations unless the CPU has VNNI (fbgemm's advice: the AVX2 path without VNNI
     can saturate its 16-bit intermediate sums with full 8-bit activations)."""
-    from karl.autoprecision import cpu_flags
     return not cpu_flags() & {"avx512_vnni", "avx_vnni", "amx_int8"}
 
 
@@ -83,48 +86,78 @@ def _onednn(weight: Tensor, bias: Tensor | None) -> Callable[[Tensor], Tensor]:
 _MAKERS = {"int8": _int8, "onednn": _onednn}
 
 
-def _call(kernel: Callable[[Tensor], Tensor], weight: Tensor, bias: Tensor | None, x: Tensor) -> Tensor:
-    if _REFERENCE.get():
-        return F.linear(x, weight, bias)
-    return _flat(kernel, x)
+class Kernel:
+    """A packed copy of one layer's float weights, run by ``kind``; inside :func:`reference`
+    ``F.linear`` with the float weights instead."""
+
+    def __init__(self, kind: str, weight: Tensor, bias: Tensor | None):
+        self.kind = kind
+        self._packed = _MAKERS[kind](weight, bias)
+
+    def __call__(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+        if _REFERENCE.get():
+            return F.linear(x, weight, bias)
+        return _flat(self._packed, x)
+
+
+class KernelLinear(nn.Module):
+    """An ``nn.Linear`` run by a :class:`Kernel`: the same ``weight`` and ``bias`` Parameters
+    (the same ``state_dict`` keys), and the float layer, which :func:`remove` puts back."""
+
+    def __init__(self, linear: nn.Linear, kind: str):
+        super().__init__()
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.weight = linear.weight
+        self.register_parameter("bias", linear.bias)
+        self.kernel = Kernel(kind, linear.weight, linear.bias)
+        self.__dict__["float_layer"] = linear     # not a submodule: its Parameters are these
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.kernel(x, self.weight, self.bias)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, kernel={self.kernel.kind}"
 
 
 def install(module: nn.Module, kind: str) -> int:
-    """``kind`` forwards for ``module``'s Linear layers and attention input projections (any
-    other kind installed there is replaced); returns how many layers. Raises RuntimeError
+    """``kind`` kernels for the Linear layers inside ``module`` (each swapped for a
+    :class:`KernelLinear`) and its attention input projections (``Attention.in_proj_kernel``);
+    any other kind installed there is replaced. Returns how many layers. Raises RuntimeError
     where :func:`available` is False."""
     if kind not in KINDS:
         raise ValueError(f"kernel {kind!r} is not one of {', '.join(KINDS)}")
     if not available(kind):
         raise RuntimeError(f"{kind} Linear kernels are not available in this PyTorch build")
-    from karl.model.layers import Attention
     remove(module)
     count = 0
-    for m in module.modules():
-        if isinstance(m, nn.Linear):
-            m.forward = functools.partial(_call, _MAKERS[kind](m.weight, m.bias), m.weight, m.bias)
-        elif isinstance(m, Attention):
-            m.in_proj = functools.partial(_call, _MAKERS[kind](m.in_proj_weight, m.in_proj_bias),
-                                          m.in_proj_weight, m.in_proj_bias)
-        else:
-            continue
-        setattr(m, _ATTR, kind)
-        count += 1
+    for parent in list(module.modules()):
+        if isinstance(parent, Attention):
+            parent.in_proj_kernel = Kernel(kind, parent.in_proj_weight, parent.in_proj_bias)
+            count += 1
+        for name, child in list(parent.named_children()):
+            if isinstance(child, nn.Linear):
+                setattr(parent, name, KernelLinear(child, kind))
+                count += 1
     return count
 
 
 def remove(module: nn.Module) -> None:
-    """The float forwards back (a no-op for layers :func:`install` did not touch)."""
-    for m in module.modules():
-        if getattr(m, _ATTR, None):
-            m.__dict__.pop("forward", None)
-            m.__dict__.pop("in_proj", None)
-            delattr(m, _ATTR)
+    """The float layers back (a no-op for layers :func:`install` did not touch)."""
+    for parent in list(module.modules()):
+        if isinstance(parent, Attention):
+            parent.in_proj_kernel = None
+        for name, child in list(parent.named_children()):
+            if isinstance(child, KernelLinear):
+                setattr(parent, name, child.float_layer)
 
 
 def installed(module: nn.Module) -> str | None:
-    """The kind installed in ``module`` (None: the float forwards)."""
-    return next((getattr(m, _ATTR) for m in module.modules() if getattr(m, _ATTR, None)), None)
+    """The kind installed in ``module`` (None: the float layers)."""
+    for m in module.modules():
+        kernel = m.kernel if isinstance(m, KernelLinear) else getattr(m, "in_proj_kernel", None)
+        if kernel is not None:
+            return kernel.kind
+    return None
 
 
 @contextlib.contextmanager

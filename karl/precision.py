@@ -1,9 +1,19 @@
 """Inference precision: ``fp32`` (the reference), ``bf16`` / ``fp16``, ``int8`` or ``auto``.
 
-``set_precision(model, p)`` sets a :class:`Plan` for the model's inference stages: the base
-encoder (``base_encode``), the KARL encoder (inside ``encode``), the KARL decoder
-(``forward_decoder``) and the base decoder (``base.decode_head``). Outputs come back in
-float32; halting probabilities are computed in float32.
+A precision is a :class:`Plan` for the model's inference stages: the base encoder
+(``base_encode``), the KARL encoder (inside ``encode``), the KARL decoder
+(``forward_decoder``) and the base decoder (``decode_head``). Outputs come back in float32;
+halting probabilities are computed in float32.
+
+**How it is selected.** ``set_precision(model, p)`` (what ``load_model(..., precision=p)``
+and every ``--precision`` option call, once, after loading) puts a :class:`Precision` in
+``model.precision_policy``; ``with at_precision(model, p): ...`` does the same for a block and
+puts the previous one back. KARL's public methods consult that attribute explicitly
+(``KARL.encode`` hands itself to :meth:`Precision.encode`, the stage methods go through
+:meth:`Precision.run`); no method of the model is replaced. The policy is an attribute, not
+an argument of every call, because it carries state across calls: ``auto``'s decision, the
+guard's counts, the kernels installed in the modules (karl/kernels.py). What a plan is lives
+in karl/precision_plan.py, ``auto``'s probe in karl/autoprecision.py.
 
 - ``fp32``: every stage fp32, the reference. ``bf16`` / ``fp16``: the base encoder, the KARL
   decoder and the base decoder under autocast, the KARL encoder in fp32 (guarded, below).
@@ -39,8 +49,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import functools
-import inspect
+import os
 import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -48,81 +57,23 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-__all__ = ["HALT_MARGIN", "PRECISIONS", "NAMED_PLANS", "Plan", "autocast", "cpu_has_fast_bf16",
-           "describe_precision", "precision_choice", "resolve_precision", "set_precision"]
+from karl import kernels
+from karl.autoprecision import ENV, Decision, cuda_plan, decide, guard_pays
+from karl.precision_plan import (DTYPES, HALT_MARGIN, NAMED_PLANS, PRECISIONS, ROUNDING_MARGIN,
+                                 STAGE_OPTIONS, Plan, cpu_has_fast_bf16, onednn_on, set_conv_layout,
+                                 stage_context)
 
-PRECISIONS = ("fp32", "bf16", "fp16", "int8", "auto")
-_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
-# |halting prob - threshold| below which a guarded decision is re-checked entirely in fp32.
-# Measured with benchmarks/inference_speed.py (docs/OFFICIAL.md section 8) on a BCE-fitted
-# small head: with only the base tokenizer in bf16 (the guarded path) the decisions that
-# flipped lay within 0.005 of the threshold; with everything in bf16 they lay up to 0.063
-# from it (15 of 2048 decisions), which is why the guarded path keeps the KARL encoder in fp32.
-# (Issue 23 measured more on an AMD EPYC: over 4096 decisions of the same head, the bf16 base
-# encoder alone moved probabilities within 0.05 of the threshold by up to 0.039, with no flip;
-# so ``auto`` keeps reduced precision out of the encode side, docs/OFFICIAL.md section 8.)
-HALT_MARGIN = 0.02
-# The same for a KARL encoder that differs from fp32 only in summation order (oneDNN's fp32
-# matmul): over those 4096 decisions it moved probabilities by at most 1.7e-5 (9e-6 within
-# 0.05 of the threshold): 1e-3 is 57 times that. (Channels-last fp32 convolutions in the base
-# encoder moved them by up to 1.75e-3 through the same sharp head: not an encode-side option.)
-ROUNDING_MARGIN = 1e-3
-_OPTIONS = {"base_encode": ("fp32", "bf16", "fp16"), "karl_encode": ("fp32", "onednn"),
-            "karl_decode": ("fp32", "onednn", "bf16", "fp16", "int8"),
-            "base_decode": ("fp32", "fp32cl", "bf16", "fp16")}
-_SHORT = {"base_encode": "benc", "karl_encode": "kenc", "karl_decode": "kdec", "base_decode": "bdec"}
-
-
-@dataclasses.dataclass(frozen=True)
-class Plan:
-    """The precision or kernel of each inference stage (module doc)."""
-    base_encode: str = "fp32"
-    karl_encode: str = "fp32"
-    karl_decode: str = "fp32"
-    base_decode: str = "fp32"
-
-    def __post_init__(self) -> None:
-        for stage, options in _OPTIONS.items():
-            if getattr(self, stage) not in options:
-                raise ValueError(f"{stage}={getattr(self, stage)!r} is not one of {', '.join(options)}")
-
-    @property
-    def label(self) -> str:
-        """``fp32`` / ``bf16`` / ``fp16`` / ``int8`` for the named plans, else e.g.
-        ``benc:fp32,kenc:onednn,kdec:int8,bdec:bf16`` (no spaces: it goes into key=value lines)."""
-        for name, plan in NAMED_PLANS.items():
-            if plan == self:
-                return name
-        return ",".join(f"{_SHORT[s]}:{getattr(self, s)}" for s in _OPTIONS)
-
-    @property
-    def margin(self) -> float:
-        """The guard's margin for this plan's encode side: HALT_MARGIN for a reduced-precision
-        base encoder, ROUNDING_MARGIN for the oneDNN KARL encoder, 0: exactly fp32."""
-        if self.base_encode in _DTYPES:
-            return HALT_MARGIN
-        return ROUNDING_MARGIN if self.karl_encode != "fp32" else 0.0
-
-
-NAMED_PLANS = {"fp32": Plan(), "bf16": Plan(base_encode="bf16", karl_decode="bf16", base_decode="bf16"),
-               "fp16": Plan(base_encode="fp16", karl_decode="fp16", base_decode="fp16"),
-               "int8": Plan(karl_decode="int8")}
-
-
-def cpu_has_fast_bf16() -> bool:
-    """True when the CPU has native bf16 arithmetic (AVX-512 BF16 or AMX), read from
-    ``/proc/cpuinfo`` (Linux); False when that cannot be read. Native is not fast: ``auto``
-    times it (karl/autoprecision.py); this flag only says whether it is worth timing."""
-    from karl.autoprecision import cpu_flags
-    return bool(cpu_flags() & {"avx512_bf16", "amx_bf16"})
+__all__ = ["HALT_MARGIN", "ROUNDING_MARGIN", "PRECISIONS", "NAMED_PLANS", "Plan", "Precision",
+           "at_precision", "autocast", "cpu_has_fast_bf16", "describe_precision", "onednn_on",
+           "precision_choice", "resolve_precision", "set_conv_layout", "set_precision"]
 
 
 def _check_device(precision: str | Plan, device: torch.device) -> None:
     if isinstance(precision, Plan):           # kernels are CPU ones; reduced dtypes cpu / cuda
-        stages = {getattr(precision, s) for s in _OPTIONS}
+        stages = {getattr(precision, s) for s in STAGE_OPTIONS}
         if stages & {"int8", "onednn", "fp32cl"} and device.type != "cpu":
             raise ValueError(f"plan {precision.label} is supported on cpu, not {device.type}")
-        if stages & set(_DTYPES) and device.type not in ("cpu", "cuda"):
+        if stages & set(DTYPES) and device.type not in ("cpu", "cuda"):
             raise ValueError(f"plan {precision.label} is supported on cpu and cuda, not {device.type}")
         return
     if precision not in PRECISIONS:
@@ -150,59 +101,16 @@ def resolve_precision(precision: str, device: torch.device | str, model: nn.Modu
     if model is not None:
         return precision_choice(model).plan.label
     if device.type == "cuda":
-        from karl.autoprecision import cuda_plan
         return cuda_plan().label
-    import os
-
-    from karl.autoprecision import ENV
     forced = os.environ.get(ENV, "").strip().lower()
     return forced if forced in NAMED_PLANS and device.type == "cpu" else "fp32"
 
 
-@contextlib.contextmanager
-def autocast(device: torch.device | str, precision: str) -> Iterator[None]:
+def autocast(device: torch.device | str, precision: str) -> contextlib.AbstractContextManager:
     """Autocast to ``precision`` (bf16 / fp16) on ``device``, on CPU with oneDNN on; nothing
     for any other precision (fp32, int8, auto without a model)."""
-    device = torch.device(device)
     resolved = resolve_precision(precision, device)
-    if resolved not in _DTYPES:
-        yield
-        return
-    with contextlib.ExitStack() as stack:
-        if device.type == "cpu" and torch.backends.mkldnn.is_available():
-            stack.enter_context(onednn_on())
-        stack.enter_context(torch.autocast(device.type, dtype=_DTYPES[resolved]))
-        yield
-
-
-@contextlib.contextmanager
-def onednn_on() -> Iterator[None]:
-    """Only the ``enabled`` flag (``mkldnn.flags()`` would also reset tf32 / precision ones);
-    karl.runtime may have turned oneDNN off for fp32, where it can be the slower choice."""
-    before = torch.backends.mkldnn.enabled
-    torch.backends.mkldnn.enabled = torch.backends.mkldnn.is_available()
-    try:
-        yield
-    finally:
-        torch.backends.mkldnn.enabled = before
-
-
-def set_conv_layout(model: nn.Module, encoder_cl: bool, decoder_cl: bool) -> None:
-    """Channels-last (or the default layout) for the base tokenizer's conv weights: the
-    encoder side (every base conv outside ``base.decoder``) and ``base.decoder``. Only the
-    side that changes is moved (moving weights costs about 0.05 s per side on ``small``)."""
-    have = getattr(model, "_conv_layout", (False, False))
-    want = (bool(encoder_cl), bool(decoder_cl))
-    if have == want:
-        return
-    decoder = getattr(model.base, "decoder", None)
-    dec_ids = {id(m) for m in decoder.modules()} if isinstance(decoder, nn.Module) else set()
-    for m in model.base.modules():
-        if isinstance(m, nn.Conv2d):
-            side = int(id(m) in dec_ids)
-            if have[side] != want[side]:
-                m.to(memory_format=torch.channels_last if want[side] else torch.contiguous_format)
-    model._conv_layout = want
+    return stage_context(device, resolved) if resolved in DTYPES else contextlib.nullcontext()
 
 
 def _to_float(x: Any) -> Any:
@@ -215,11 +123,8 @@ def _to_float(x: Any) -> Any:
     return x
 
 
-# ----------------------------------------------------------------------------- the plan in force
-
 def _apply(model: nn.Module, plan: Plan) -> None:
     """The plan's side effects: conv layouts on CPU, other Linear kernels (karl/kernels.py)."""
-    from karl import kernels
     cpu = model.device.type == "cpu"
     set_conv_layout(model, cpu and plan.base_encode != "fp32", cpu and plan.base_decode != "fp32")
     for module, kind in ((model.encoder, plan.karl_encode), (model.decoder, plan.karl_decode)):
@@ -229,55 +134,123 @@ def _apply(model: nn.Module, plan: Plan) -> None:
             kernels.remove(module)
 
 
-def precision_choice(model: nn.Module):
-    """The :class:`karl.autoprecision.Decision` in force for ``model`` on its current device
-    (``auto`` is decided, by env, cache or probe, on the first call and after a move)."""
-    from karl.autoprecision import Decision, decide
-    device = model.device
-    cached = getattr(model, "_precision_choice", None)
-    if cached is not None and cached[0] == device:
-        return cached[1]
-    name = getattr(model, "precision", "fp32")
-    plan = getattr(model, "_precision_plan", None) or NAMED_PLANS.get(name)
-    _check_device(name if plan is None or name in NAMED_PLANS else plan, device)
-    if name == "auto":
-        _apply(model, Plan())                 # the probe starts from the fp32 state
-        decision = decide(model)
-    else:
-        decision = Decision(plan, "asked for", f"precision={name!r}")
-    _apply(model, decision.plan)
-    model._precision_choice = (device, decision)
-    return decision
+# ----------------------------------------------------------------------------- the policy
+
+class Precision:
+    """The precision a model's public methods run at: ``model.precision_policy``.
+
+    Set by :func:`set_precision` / :func:`at_precision`; consulted by ``KARL.base_encode``,
+    ``encode``, ``forward_decoder`` and ``decode_head`` (and so ``sweep``, ``decode``,
+    ``reconstruct``). ``name`` is what was asked for (a name, or a :class:`Plan`'s label),
+    ``stats`` the guard's counts (module doc).
+    """
+
+    def __init__(self, name: str, plan: Plan | None = None, recheck: bool = True):
+        self.name = name
+        self.plan = plan                      # an explicit Plan; None: the name's
+        self.recheck = bool(recheck)
+        self.stats = {"images": 0, "near_threshold_tokens": 0, "near_images": 0,
+                      "rechecked_images": 0, "warned": False}
+        self._choice: tuple[torch.device, Decision] | None = None
+        self._active = False                  # inside a call it runs: nested stages run as set up
+
+    def __repr__(self) -> str:
+        return f"Precision({self.name!r}, recheck={self.recheck})"
+
+    def choice(self, model: nn.Module) -> Decision:
+        """The decision in force for ``model`` on its current device (``auto`` is decided, by
+        env, cache or probe, on the first call and after a move); applies its kernels/layouts."""
+        device = model.device
+        if self._choice is not None and self._choice[0] == device:
+            return self._choice[1]
+        plan = self.plan or NAMED_PLANS.get(self.name)
+        _check_device(self.name if plan is None or self.name in NAMED_PLANS else plan, device)
+        if self.name == "auto":
+            _apply(model, Plan())             # the probe starts from the fp32 state
+            decision = decide(model)
+        else:
+            decision = Decision(plan, "asked for", f"precision={self.name!r}")
+        _apply(model, decision.plan)
+        self._choice = (device, decision)
+        return decision
+
+    def run(self, model: nn.Module, stage: str, fn: Callable[..., Any], *args: Any) -> Any:
+        """``fn(*args)``, one of the model's stages, at the plan's option for ``stage``
+        (a :class:`Plan` field); kernels and layouts are already in the modules (:func:`_apply`)."""
+        if self._active or self.name == "fp32":
+            return fn(*args)
+        decision = self.choice(model)
+        option = getattr(decision.plan, stage)
+        if stage == "base_encode" and not _fast_encode(model, self, decision):
+            option = "fp32"
+        if option in ("fp32", "int8", "onednn"):
+            return fn(*args)
+        self._active = True
+        try:
+            with stage_context(model.device, option):
+                return _to_float(fn(*args))
+        finally:
+            self._active = False
+
+    def encode(self, model: nn.Module, fn: Callable[..., Any], args: dict[str, Any]) -> Any:
+        """``fn(**args)``, the model's fp32 ``encode``, under the plan, its halting decisions
+        guarded (module doc)."""
+        if self._active or self.name == "fp32":
+            return fn(**args)
+        self._active = True
+        try:
+            return _guarded_encode(model, self, fn, dict(args))
+        finally:
+            self._active = False
 
 
-def _fast_encode(model: nn.Module, decision) -> bool:
-    """Whether ``encode`` runs the plan's encode side (guarded) now; False: exactly as fp32.
-    Under ``auto`` False while the guard's re-encodes cost more than that side saves
-    (module doc); the encoder side's conv layout follows."""
-    plan = decision.plan
-    if plan.margin == 0:
-        return False
-    if model.precision != "auto" or not decision.timings:
-        return True
-    from karl.autoprecision import guard_pays
-    stats = model.precision_stats
-    fast = guard_pays(decision.timings, plan, stats["images"], stats["near_images"])
-    stats["encode"] = "plan" if fast else "fp32"
-    set_conv_layout(model, fast and plan.base_encode in _DTYPES and model.device.type == "cpu",
-                    getattr(model, "_conv_layout", (False, False))[1])
-    return fast
+def precision_choice(model: nn.Module) -> Decision:
+    """The :class:`karl.autoprecision.Decision` in force for ``model`` on its current device."""
+    policy = model.precision_policy
+    if policy is None:
+        return Decision(Plan(), "asked for", "precision='fp32'")
+    return policy.choice(model)
 
 
-def _stage(model: nn.Module, option: str) -> contextlib.AbstractContextManager:
-    """The context a stage option runs in: autocast, oneDNN on (channels-last fp32), or none."""
-    if option in _DTYPES:
-        return autocast(model.device, option)
-    return onednn_on() if option == "fp32cl" else contextlib.nullcontext()
+def set_precision(model: nn.Module, precision: str | Plan = "fp32", recheck: bool = True) -> nn.Module:
+    """Run ``model``'s inference at ``precision`` (module doc), a name or a :class:`Plan`
+    (``model.precision`` is then its label); returns the model.
+
+    ``auto`` is decided against the model's current device at the first call, and again
+    after a move. ``recheck`` re-encodes in fp32 the images with a halting decision near the
+    threshold (module doc). ``model.precision`` holds the name asked for,
+    :func:`precision_choice` what it means, ``model.precision_stats`` the guard's counts.
+    Call again after changing the weights (int8 / onednn keep packed copies).
+    """
+    _check_device(precision, model.device)
+    plan = precision if isinstance(precision, Plan) else None
+    policy = Precision(plan.label if plan is not None else precision, plan, recheck)
+    model.precision_policy = policy
+    if policy.name == "fp32":
+        _apply(model, Plan())
+    elif policy.name != "auto":
+        policy.choice(model)                  # named plans take effect now
+    return model
+
+
+@contextlib.contextmanager
+def at_precision(model: nn.Module, precision: str | Plan, recheck: bool = True) -> Iterator[nn.Module]:
+    """``with at_precision(model, "bf16"): model.encode(x)``: :func:`set_precision` for the
+    block; afterwards the policy the model had before (its counts and ``auto`` decision
+    kept) and that policy's kernels and layouts."""
+    before = model.precision_policy
+    set_precision(model, precision, recheck)
+    try:
+        yield model
+    finally:
+        model.precision_policy = before
+        decided = before is not None and before._choice is not None
+        _apply(model, before._choice[1].plan if decided else Plan())   # undecided: at first use
 
 
 def describe_precision(model: nn.Module, detail: bool = False) -> str:
     """One line: the precision asked for, what it means here and (``auto``) why."""
-    name = getattr(model, "precision", "fp32")
+    name = model.precision
     if name == "fp32":
         return "precision fp32"
     d = precision_choice(model)
@@ -294,23 +267,39 @@ def describe_precision(model: nn.Module, detail: bool = False) -> str:
 
 # ----------------------------------------------------------------------------- guarded encode
 
-def _count(model: nn.Module, probs: Tensor, margin: float) -> Tensor:
-    """Updates ``precision_stats``; returns the [B] images with a decision within ``margin``."""
+def _fast_encode(model: nn.Module, policy: Precision, decision: Decision) -> bool:
+    """Whether ``encode`` runs the plan's encode side (guarded) now; False: exactly as fp32.
+    Under ``auto`` False while the guard's re-encodes cost more than that side saves
+    (module doc); the encoder side's conv layout follows."""
+    plan = decision.plan
+    if plan.margin == 0:
+        return False
+    if policy.name != "auto" or not decision.timings:
+        return True
+    stats = policy.stats
+    fast = guard_pays(decision.timings, plan, stats["images"], stats["near_images"])
+    stats["encode"] = "plan" if fast else "fp32"
+    set_conv_layout(model, fast and plan.base_encode in DTYPES and model.device.type == "cpu",
+                    getattr(model, "_conv_layout", (False, False))[1])
+    return fast
+
+
+def _count(model: nn.Module, policy: Precision, probs: Tensor, margin: float) -> Tensor:
+    """Updates the policy's ``stats``; returns the [B] images with a decision within ``margin``."""
     near = (probs - model.config.halt_threshold).abs() < margin
     at_risk = near.any(-1)
-    stats = model.precision_stats
+    stats = policy.stats
     stats["images"] += probs.shape[0]
     stats["near_threshold_tokens"] += int(near.sum())
     stats["near_images"] += int(at_risk.sum())
     return at_risk
 
 
-def _fp32_encode(model: nn.Module, method: Callable[..., Any], args: dict,
+def _fp32_encode(model: nn.Module, fn: Callable[..., Any], args: dict,
                  rows: Tensor | None = None) -> Any:
     """``encode`` (of the images in ``rows``) exactly as an fp32 model runs it: no autocast,
     the default conv layout, ``F.linear``, and the base grid recomputed (a cached one came
     from the faster path)."""
-    from karl import kernels
     args = dict(args)
     if rows is not None:
         images = args["images"]
@@ -323,7 +312,7 @@ def _fp32_encode(model: nn.Module, method: Callable[..., Any], args: dict,
     set_conv_layout(model, False, layout[1])
     try:
         with torch.autocast(model.device.type, enabled=False), kernels.reference():
-            return method(**args)
+            return fn(**args)
     finally:
         set_conv_layout(model, *layout)
 
@@ -340,116 +329,39 @@ def _merge(enc: Any, rows: Tensor, exact: Any) -> Any:
                                        for f in dataclasses.fields(enc) if f.init})
 
 
-def _encode(model: nn.Module, method: Callable[..., Any], call: inspect.BoundArguments) -> Any:
+def _guarded_encode(model: nn.Module, policy: Precision, fn: Callable[..., Any], args: dict) -> Any:
     """``encode`` under the plan (module doc): exactly fp32, or the plan's encode side guarded
     (images with a decision within the plan's margin encoded again in fp32), or without the
-    guard all of ``encode`` at the plan's base precision."""
-    decision = precision_choice(model)
-    plan, args = decision.plan, dict(call.arguments)
-    if not _fast_encode(model, decision):
-        enc = _fp32_encode(model, method, args)
-        _count(model, enc.halting_probs, plan.margin or HALT_MARGIN)
+    guard all of ``encode`` at the plan's base precision. Runs with ``policy._active`` set, so
+    the stages ``fn`` calls (``base_encode``) run as set up here."""
+    decision = policy.choice(model)
+    plan = decision.plan
+    if not _fast_encode(model, policy, decision):
+        enc = _fp32_encode(model, fn, args)
+        _count(model, policy, enc.halting_probs, plan.margin or HALT_MARGIN)
         return enc
-    if model.precision_recheck:
+    if policy.recheck:
         if args.get("base_grid") is None:
-            with _stage(model, plan.base_encode):
+            with stage_context(model.device, plan.base_encode):
                 args["base_grid"] = _to_float(model.base_encode(args["images"].to(model.device)))
         with torch.autocast(model.device.type, enabled=False):
-            enc = method(**args)
+            enc = fn(**args)
     else:
-        with _stage(model, plan.base_encode):
-            enc = _to_float(method(**args))
-    at_risk = _count(model, enc.halting_probs, plan.margin)
-    stats = model.precision_stats
+        with stage_context(model.device, plan.base_encode):
+            enc = _to_float(fn(**args))
+    at_risk = _count(model, policy, enc.halting_probs, plan.margin)
+    stats = policy.stats
     if not bool(at_risk.any()):
         return enc
-    if model.precision_recheck:
+    if policy.recheck:
         rows = at_risk.nonzero().squeeze(1).to(model.device)
         stats["rechecked_images"] += len(rows)
-        return _merge(enc, rows, _fp32_encode(model, method, args, rows))
+        return _merge(enc, rows, _fp32_encode(model, fn, args, rows))
     if not stats["warned"]:
         stats["warned"] = True
         warnings.warn(
             f"{int(at_risk.sum())} image(s) with a halting decision within {plan.margin:g} of the "
-            f"threshold under {model.precision} with the fp32 re-check off: the kept tokens may "
+            f"threshold under {policy.name} with the fp32 re-check off: the kept tokens may "
             f"differ from fp32 there (set_precision(model, ..., recheck=True) re-checks them; "
-            f"model.precision_stats counts them)", stacklevel=4)
+            f"model.precision_stats counts them)", stacklevel=5)
     return enc
-
-
-# ----------------------------------------------------------------------------- wrappers
-
-def _wrap_encode(model: nn.Module) -> Callable[..., Any]:
-    method = type(model).encode.__get__(model)
-    signature = inspect.signature(method)
-
-    @functools.wraps(method)
-    def encode(*args: Any, **kwargs: Any) -> Any:
-        if model._precision_active:           # nested in a wrapped call (the fp32 re-check)
-            return method(*args, **kwargs)
-        model._precision_active = True
-        try:
-            return _encode(model, method, signature.bind(*args, **kwargs))
-        finally:
-            model._precision_active = False
-
-    return encode
-
-
-def _wrap_stage(model: nn.Module, owner: nn.Module, name: str, stage: str) -> Callable[..., Any]:
-    """``owner.name`` run at the plan's precision for ``stage`` (kernels and layouts are
-    already in the modules: :func:`_apply`)."""
-    method = getattr(type(owner), name).__get__(owner)
-
-    @functools.wraps(method)
-    def run(*args: Any, **kwargs: Any) -> Any:
-        if model._precision_active:
-            return method(*args, **kwargs)
-        decision = precision_choice(model)
-        option = getattr(decision.plan, stage)
-        if stage == "base_encode" and not _fast_encode(model, decision):
-            option = "fp32"
-        if option in ("fp32", "int8", "onednn"):     # kernels and layouts are in the modules
-            return method(*args, **kwargs)
-        model._precision_active = True
-        try:
-            with _stage(model, option):
-                return _to_float(method(*args, **kwargs))
-        finally:
-            model._precision_active = False
-
-    return run
-
-
-def set_precision(model: nn.Module, precision: str | Plan = "fp32", recheck: bool = True) -> nn.Module:
-    """Run ``model``'s inference at ``precision`` (module doc), a name or a :class:`Plan`
-    (``model.precision`` is then its label); returns the model.
-
-    ``auto`` is decided against the model's current device at the first call, and again
-    after a move. ``recheck`` re-encodes in fp32 the images with a halting decision near the
-    threshold (module doc). ``model.precision`` holds the name asked for,
-    :func:`precision_choice` what it means, ``model.precision_stats`` the guard's counts.
-    Call again after changing the weights (int8 / onednn keep packed copies).
-    """
-    _check_device(precision, model.device)
-    model._precision_plan = precision if isinstance(precision, Plan) else None
-    precision = precision.label if isinstance(precision, Plan) else precision
-    model.precision = precision
-    model.precision_recheck = bool(recheck)
-    model._precision_active = False
-    model._precision_choice = None
-    model.precision_stats = {"images": 0, "near_threshold_tokens": 0, "near_images": 0,
-                             "rechecked_images": 0, "warned": False}
-    for name in ("encode", "base_encode", "forward_decoder", "decode", "reconstruct"):
-        model.__dict__.pop(name, None)
-    model.base.__dict__.pop("decode_head", None)
-    if precision == "fp32":
-        _apply(model, Plan())
-        return model
-    model.encode = _wrap_encode(model)
-    model.base_encode = _wrap_stage(model, model, "base_encode", "base_encode")
-    model.forward_decoder = _wrap_stage(model, model, "forward_decoder", "karl_decode")
-    model.base.decode_head = _wrap_stage(model, model.base, "decode_head", "base_decode")
-    if precision != "auto":
-        precision_choice(model)               # named plans take effect now
-    return model

@@ -1,9 +1,12 @@
 """Inference precision (karl/precision.py, karl/autoprecision.py, karl/kernels.py): selection,
-the measured ``auto`` (decision logic on injected timings, the cache), autocast, wrapped methods."""
+the measured ``auto`` (decision logic on injected timings, the cache), autocast, the policy the
+model's methods consult (none of them replaced), the modules' import order."""
 
 from __future__ import annotations
 
+import ast
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -11,7 +14,8 @@ import torch
 from karl import autoprecision, build_model, kernels, load_pretrained, save_pretrained
 from karl.autoprecision import Decision, choose_plan, guard_pays
 from karl.precision import (
-    NAMED_PLANS, Plan, autocast, describe_precision, precision_choice, resolve_precision, set_precision,
+    NAMED_PLANS, Plan, at_precision, autocast, describe_precision, precision_choice, resolve_precision,
+    set_precision,
 )
 
 torch.set_num_threads(1)
@@ -162,8 +166,10 @@ def test_onednn_encoder_is_fp32_up_to_rounding_and_rechecked(tiny_model, tiny_im
     conv = next(m for m in tiny_model.base.encoder.modules() if isinstance(m, torch.nn.Conv2d))
     assert conv.weight.is_contiguous()                             # the base encoder stays fp32's
     _pin_halting_at_threshold(tiny_model)                          # every image near: re-encoded
-    with kernels.reference():
-        exact = type(tiny_model).encode(tiny_model, tiny_images, epsilon=0.05)
+    with at_precision(tiny_model, "fp32"):                         # F.linear, no guard
+        assert not kernels.installed(tiny_model.encoder)
+        exact = tiny_model.encode(tiny_images, epsilon=0.05)
+    assert kernels.installed(tiny_model.encoder) == "onednn"      # the block's end puts auto back
     enc = tiny_model.encode(tiny_images, epsilon=0.05)
     assert torch.equal(enc.halting_probs, exact.halting_probs) and torch.equal(enc.keep, exact.keep)
     assert tiny_model.precision_stats["rechecked_images"] == len(tiny_images)
@@ -330,3 +336,77 @@ def test_karl_eval_summary_says_what_auto_chose(tmp_path, monkeypatch):
     assert config["precision"] == "int8"
     assert config["precision_auto"].startswith("precision auto -> int8 (probe ")
     assert "KARL decoder fp32 0.44 / onednn 0.43 / bf16 0.71 / int8 0.2 s -> int8" in config["precision_auto"]
+
+
+def test_selecting_a_precision_replaces_no_method(tiny_model, tiny_images, monkeypatch):
+    """The precision is a policy the model's methods consult (model.precision_policy), never a
+    method bound on an instance: not on the model, its base tokenizer or any submodule (the
+    Linear kernels are modules swapped in, karl/kernels.py)."""
+    fast = kernels.available("onednn") and kernels.available("int8")
+    monkeypatch.setattr(autoprecision, "probe", lambda m: EPYC if fast else {})   # auto: kernels too
+
+    def shadowed_methods(model):      # instance attributes hiding a method of the class
+        return {(type(m).__name__, k) for m in model.modules() for k, v in vars(m).items()
+                if callable(getattr(type(m), k, None)) or (callable(v) and k in ("forward", "in_proj"))}
+    assert shadowed_methods(tiny_model) == set()
+    plans = ["fp32", "bf16", "fp16", "auto"] + (["int8"] if kernels.available("int8") else [])
+    for name in plans:
+        set_precision(tiny_model, name)
+        tiny_model.decode(tiny_model.encode(tiny_images, epsilon=0.05))
+        assert shadowed_methods(tiny_model) == set(), name
+        assert "encode" not in vars(tiny_model) and "decode_head" not in vars(tiny_model.base)
+        assert tiny_model.precision == name and tiny_model.precision_policy.name == name
+    if fast:
+        set_precision(tiny_model, "auto")
+        assert precision_choice(tiny_model).plan == Plan(karl_encode="onednn", karl_decode="int8",
+                                                         base_decode="bf16")
+        attn = tiny_model.encoder.transformer[0].attn
+        assert kernels.installed(tiny_model.encoder) == "onednn" == attn.in_proj_kernel.kind
+        assert isinstance(tiny_model.decoder.ffn[0], kernels.KernelLinear)
+        assert shadowed_methods(tiny_model) == set()
+    with at_precision(tiny_model, "bf16"):
+        assert tiny_model.precision == "bf16" and shadowed_methods(tiny_model) == set()
+    assert tiny_model.precision == ("auto" if fast else plans[-1])
+
+
+def test_at_precision_scopes_a_block_and_restores(tiny_model, tiny_images):
+    """bf16 inside the block (the reduced pixels, fp32's masks), fp32 before and after, bitwise."""
+    enc32 = tiny_model.encode(tiny_images, epsilon=0.05)
+    rec32 = tiny_model.decode(enc32)
+    assert tiny_model.precision_policy is None and tiny_model.precision == "fp32"
+    with at_precision(tiny_model, "bf16") as model:
+        enc16 = model.encode(tiny_images, epsilon=0.05)
+        rec16 = model.decode(enc16)
+        assert model.precision_stats["images"] == len(tiny_images)
+    assert torch.equal(enc16.keep, enc32.keep) and 0 < (rec16 - rec32).abs().max() < 0.1
+    assert tiny_model.precision_policy is None and tiny_model.precision_stats == {}
+    conv = next(m for m in tiny_model.base.modules() if isinstance(m, torch.nn.Conv2d))
+    assert conv.weight.is_contiguous()
+    assert torch.equal(tiny_model.decode(tiny_model.encode(tiny_images, epsilon=0.05)), rec32)
+
+
+PRECISION_MODULES = ("karl.precision_plan", "karl.kernels", "karl.autoprecision", "karl.precision")
+
+
+def _karl_imports(module: str) -> set[str]:
+    """Every karl module ``module`` imports, at module level or inside a function."""
+    tree = ast.parse((Path(__file__).parents[1] / (module.replace(".", "/") + ".py")).read_text())
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            found.add(node.module)
+            found |= {f"{node.module}.{a.name}" for a in node.names}
+    return {n for n in found if n.split(".")[0] == "karl"}
+
+
+def test_precision_modules_import_one_way():
+    """precision_plan <- kernels <- autoprecision <- precision: each imports only modules
+    before it in that order (no cycle, none hidden inside a function)."""
+    for i, module in enumerate(PRECISION_MODULES):
+        later = set(PRECISION_MODULES[i:])
+        assert not _karl_imports(module) & later, (module, _karl_imports(module) & later)
+    assert not {m for m in _karl_imports("karl.precision_plan") if m != "karl"}  # a leaf
+    for module in ("karl.model.karl", "karl.model.layers"):    # the model consults, never imports
+        assert not _karl_imports(module) & set(PRECISION_MODULES), module

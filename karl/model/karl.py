@@ -64,6 +64,11 @@ class KARL(nn.Module):
     :meth:`forward_decoder` (see ``karl/train/phases.py`` and docs/ARCHITECTURE.md).
     ``encode`` and ``reconstruct`` accept a cached ``base_grid=`` (a :class:`BaseGrid` from
     ``base_encode(images)``) to skip the base tokenizer.
+
+    Inference precision: :meth:`base_encode`, :meth:`encode`, :meth:`forward_decoder` and
+    :meth:`decode_head` (so also :meth:`sweep`, :meth:`decode`, :meth:`reconstruct`) consult
+    ``precision_policy`` (None: fp32, the reference), which ``karl.precision.set_precision``
+    or ``with karl.precision.at_precision(model, p):`` set; nothing patches these methods.
     """
 
     def __init__(self, cfg: ModelConfig):
@@ -103,6 +108,8 @@ class KARL(nn.Module):
         self.grid_size = g
         self.linear_code = self._build_linear_code(cfg) if cfg.linear_code else None
         self._init_linear()
+        # The precision the public methods run at (a karl.precision.Precision; None: fp32).
+        self.precision_policy = None
 
     def _build_linear_code(self, cfg: ModelConfig) -> LinearCode:
         if self.base.head_dim != cfg.base.latent_dim:
@@ -137,6 +144,22 @@ class KARL(nn.Module):
     def device(self) -> torch.device:
         return self.latent_tokens.device
 
+    @property
+    def precision(self) -> str:
+        """The inference precision asked for (``fp32`` when none was set: karl/precision.py)."""
+        return "fp32" if self.precision_policy is None else self.precision_policy.name
+
+    @property
+    def precision_stats(self) -> dict:
+        """The precision guard's counts (images, near-threshold tokens, re-checked images)."""
+        return {} if self.precision_policy is None else self.precision_policy.stats
+
+    def _at_precision(self, stage: str, fn, *args):
+        """``fn(*args)``, an inference stage, at the option ``precision_policy`` gives ``stage``."""
+        if self.precision_policy is None:
+            return fn(*args)
+        return self.precision_policy.run(self, stage, fn, *args)
+
     def loss_bin(self, epsilon: float) -> tuple[int, float]:
         """(index, value) of the loss bin ``epsilon`` conditions on (:func:`epsilon_to_bin`)."""
         idx = int(epsilon_to_bin(epsilon, self.loss_bins.cpu()).item())
@@ -162,8 +185,9 @@ class KARL(nn.Module):
         return self.decoder.ffn[-1].weight
 
     def base_encode(self, images: Tensor) -> BaseGrid:
+        """The base tokenizer's grid of ``images`` [b, 3, S, S], at the model's precision."""
         self._check_images(images)
-        return self.base.encode(images)
+        return self._at_precision("base_encode", self.base.encode, images)
 
     def embed_grid(self, images: Tensor, grid: Tensor) -> Tensor:
         """2D tokens = concat(patch embedding of pixels, base latent) + 2D position: [b, n, d]."""
@@ -205,12 +229,15 @@ class KARL(nn.Module):
 
     # ------------------------------------------------------------------ decoder stages
     def forward_decoder(self, latents: Tensor, keep: Tensor) -> Tensor:
-        """Predict the base grid from the kept latents: [b, head_dim, g, g].
+        """Predict the base grid from the kept latents: [b, head_dim, g, g], at the model's precision.
 
         Kept tokens are packed to the front (padding masked out), so the decoder's sequence
         is n + max(kc_hat) long: few kept tokens cost less than many. Halted tokens neither
         attend nor are attended to. Masks are per image.
         """
+        return self._at_precision("karl_decode", self._forward_decoder, latents, keep)
+
+    def _forward_decoder(self, latents: Tensor, keep: Tensor) -> Tensor:
         b, k, _ = latents.shape
         assert keep.shape == (b, k), f"keep {tuple(keep.shape)} vs latents {tuple(latents.shape)}"
         n = self.grid_size ** 2
@@ -221,6 +248,11 @@ class KARL(nn.Module):
         key_mask = torch.cat([valid.new_ones(b, n), valid], dim=1)
         out = self.decoder(x, key_mask, n)                                  # [b, n, head_dim]
         return self._add_linear_reading(rearrange(out, "b (h w) c -> b c h w", h=self.grid_size), latents, keep)
+
+    def decode_head(self, head: Tensor) -> Tensor:
+        """The base tokenizer's decoder: head [b, head_dim, g, g] -> pixels [b, 3, S, S]
+        (not clamped), at the model's precision."""
+        return self._at_precision("base_decode", self.base.decode_head, head)
 
     def _add_linear_reading(self, head: Tensor, latents: Tensor, keep: Tensor) -> Tensor:
         if self.linear_code is None:
@@ -270,7 +302,19 @@ class KARL(nn.Module):
         bin. The rule is sound: a program that meets a stricter bin meets this one too, and it
         makes KC-hat non-increasing in epsilon by construction. ``epsilon`` of the result is
         the requested bin.
+
+        At the model's precision: ``precision_policy`` runs it, its halting decisions guarded
+        (karl/precision.py); exactly fp32 without one.
         """
+        args = {"images": images, "epsilon": epsilon, "budget": budget, "base_grid": base_grid,
+                "monotone": monotone}
+        if self.precision_policy is None:
+            return self._encode(**args)
+        return self.precision_policy.encode(self, self._encode, args)
+
+    def _encode(self, images: Tensor, epsilon: float | Tensor = 0.05, budget: int | None = None,
+                base_grid: BaseGrid | None = None, monotone: bool = False) -> Encoding:
+        """:meth:`encode` in fp32 (what the precision policy runs, guards and re-checks)."""
         budget = self.max_tokens if budget is None else int(budget)
         images = images.to(self.device)
         if base_grid is not None:
@@ -291,7 +335,7 @@ class KARL(nn.Module):
         The base tokenizer runs once per image (or not at all with a cached ``base_grid``);
         each (image, epsilon) pair is a row of one :meth:`encode` call, so element ``[i, j]``
         of the :class:`Sweep` is ``encode(images[i:i+1], epsilons[j], budget)`` (at the
-        model's precision: ``karl.precision`` guards the rows as it guards ``encode``).
+        model's precision: its base encode and ``encode`` consult ``precision_policy``).
         """
         eps = torch.as_tensor(self.config.loss_bins if epsilons is None else epsilons,
                               dtype=torch.float64).reshape(-1).cpu()
@@ -332,7 +376,7 @@ class KARL(nn.Module):
     @torch.no_grad()
     def decode(self, encoding: Encoding) -> Tensor:
         head = self.forward_decoder(encoding.latents.to(self.device), encoding.keep.to(self.device))
-        return self.base.decode_head(head).clamp(0, 1)
+        return self.decode_head(head).clamp(0, 1)
 
     @torch.no_grad()
     def reconstruct(self, images: Tensor, num_tokens: int, epsilon: float = 0.0,

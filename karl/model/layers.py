@@ -25,9 +25,12 @@ class Attention(nn.Module):
         self.out_proj = nn.Linear(width, width)
         nn.init.xavier_uniform_(self.in_proj_weight)
         nn.init.zeros_(self.out_proj.bias)
+        self.in_proj_kernel = None      # a karl.kernels.Kernel (int8 / oneDNN inference), or None
 
     def in_proj(self, x: Tensor) -> Tensor:
-        """The packed q, k, v projection (karl.int8 replaces it per instance)."""
+        """The packed q, k, v projection: ``F.linear``, or the kernel karl/kernels.py installed."""
+        if self.in_proj_kernel is not None:
+            return self.in_proj_kernel(x, self.in_proj_weight, self.in_proj_bias)
         return F.linear(x, self.in_proj_weight, self.in_proj_bias)
 
     def forward(self, x: Tensor, key_mask: Tensor | None = None) -> Tensor:
