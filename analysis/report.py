@@ -1,6 +1,6 @@
 """One self-contained HTML report of every analysis, plus a CSV per analysis.
 
-    python -m analysis.report --checkpoint assets/checkpoints/karl_cpu --data corpus --out report.html
+    python -m analysis.report --checkpoint assets/checkpoints/karl_cpu_tae --data corpus --out report.html
     python -m analysis.report --checkpoint DIR --data path/to/images --human path/to/Savoias --out r.html
 
 ``--data``: any data spec (``karl/data/spec.py``, as ``karl-eval --data``): a folder of images,

@@ -1,7 +1,7 @@
 """KARL studio's command line: ``karl-app`` (installed) or ``python app.py`` (a checkout), with
 ``[--checkpoint MODEL] [--trust-official] [--host H] [--port P] ...``.
 
-Loads the model once (the bundled ``assets/checkpoints/karl_cpu`` by default; a random
+Loads the model once (the bundled ``assets/checkpoints/karl_cpu_tae`` by default; a random
 ``cpu`` model with a warning banner if it is missing), builds the Gradio app and serves it
 locally. No network access is needed. See docs/APP.md.
 """

@@ -37,7 +37,7 @@ def load_app_model(checkpoint: str | Path | None = None, trust_official: bool = 
       directory (or its ``model.safetensors``), ``hf:org/name``, ``random:PRESET`` or, with
       ``trust_official``, an authors' ``.pth``.
       Failure raises :class:`ModelLoadError` with the reason.
-    - neither: the bundled ``assets/checkpoints/karl_cpu``; if it is missing or broken, a
+    - neither: the bundled ``assets/checkpoints/karl_cpu_tae``; if it is missing or broken, a
       randomly initialised ``cpu`` model with a warning banner.
     """
     if demo_model is not None:

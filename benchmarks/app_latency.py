@@ -15,7 +15,7 @@ file for the epsilon change too, which a browser does not). Each image gets one 
 upload and two epsilon changes; the first 3 images of each mode are warm-up. Also
 reports the process RSS after the warm-up and at the end, to show memory stays flat.
 
-Model: ``--checkpoint``, else the bundled ``assets/checkpoints/karl_cpu``, else the random
+Model: ``--checkpoint``, else the bundled ``assets/checkpoints/karl_cpu_tae``, else the random
 ``cpu`` preset (same architecture and cost as the bundled one; its outputs are meaningless).
 """
 

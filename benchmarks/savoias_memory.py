@@ -1,7 +1,7 @@
 """Peak memory and time of the human-complexity analysis on a Savoias-sized generated tree.
 
     python benchmarks/savoias_memory.py [--root /tmp/savoias_fake] [--size 256] [--scale 1.0]
-                                        [--checkpoint assets/checkpoints/karl_cpu] [--batch-size 64]
+                                        [--checkpoint assets/checkpoints/karl_cpu_tae] [--batch-size 64]
 
 Generates (once) a tree in the real Savoias layout with the real category sizes (1,420
 images: 200 Advertisement, 420 Art, 100 Interior Design, 200 Objects, 200 Scenes, 100
@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--root", default="/tmp/savoias_fake")
     ap.add_argument("--size", type=int, default=256, help="side of the generated images")
     ap.add_argument("--scale", type=float, default=1.0, help="fraction of the real category sizes")
-    ap.add_argument("--checkpoint", default="assets/checkpoints/karl_cpu")
+    ap.add_argument("--checkpoint", default="assets/checkpoints/karl_cpu_tae")
     ap.add_argument("--batch-size", type=int, default=64)
     args = ap.parse_args(argv)
 

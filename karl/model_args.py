@@ -31,7 +31,7 @@ __all__ = ["BUNDLED_CHECKPOINT", "PRECISION_CHOICES", "add_model_args", "default
            "load_model_from_args", "model_spec", "resolve_device"]
 
 # The model trained in this repository; a checkout has it, an installed wheel does not.
-BUNDLED_CHECKPOINT = Path(__file__).resolve().parent.parent / "assets" / "checkpoints" / "karl_cpu"
+BUNDLED_CHECKPOINT = Path(__file__).resolve().parent.parent / "assets" / "checkpoints" / "karl_cpu_tae"
 # karl.precision.PRECISIONS, spelled here so that building a parser imports no precision code.
 PRECISION_CHOICES = ("fp32", "bf16", "fp16", "int8", "auto")
 

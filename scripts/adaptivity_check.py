@@ -1,7 +1,7 @@
 """Adaptivity of a trained KARL model: the targets of issue 12, measured, with PASS/FAIL.
 
-    python scripts/adaptivity_check.py --checkpoint assets/checkpoints/karl_cpu \
-        --heldout data_cache/heldout --out results/karl_cpu/adaptivity.json
+    python scripts/adaptivity_check.py --checkpoint assets/checkpoints/karl_cpu_tae \
+        --heldout data_cache/heldout_v1 --out results/karl_cpu_tae/adaptivity.json
 
 Everything is computed by running the model (nothing comes from training logs) on
 - the held-out photo crops and procedural images of ``scripts/export_heldout.py``, and
@@ -105,7 +105,7 @@ def bundled_examples(model, report: dict, mono: bool) -> list[dict]:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", default="assets/checkpoints/karl_cpu")
+    p.add_argument("--checkpoint", default="assets/checkpoints/karl_cpu_tae")
     p.add_argument("--heldout", default="data_cache/heldout")
     p.add_argument("--epsilon", type=float, default=0.05)
     p.add_argument("--out", default=None)

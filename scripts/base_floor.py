@@ -1,6 +1,6 @@
 """How low can the full-budget error go? The base tokenizer's floor vs linear codes of equal size.
 
-    python scripts/base_floor.py --checkpoint assets/checkpoints/karl_cpu --heldout data_cache/heldout
+    python scripts/base_floor.py --checkpoint assets/checkpoints/karl_cpu_tae --heldout data_cache/heldout
 
 For the held-out photo crops, mean pixel L1 of
 - the conv autoencoder base alone (encode -> decode; KARL can never beat it), with its grid size
@@ -49,7 +49,7 @@ def dct_l1(images: np.ndarray, n_total: int, mode: str) -> float:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", default="assets/checkpoints/karl_cpu")
+    p.add_argument("--checkpoint", default="assets/checkpoints/karl_cpu_tae")
     p.add_argument("--heldout", default="data_cache/heldout")
     p.add_argument("--out", default=None)
     args = p.parse_args()

@@ -1,7 +1,7 @@
 """Sample reconstructions of a checkpoint for its model card (matplotlib PNG).
 
-    python scripts/sample_grid.py --checkpoint assets/checkpoints/karl_cpu \
-        --images assets/examples --out assets/checkpoints/karl_cpu/samples.png
+    python scripts/sample_grid.py --checkpoint assets/checkpoints/karl_cpu_tae \
+        --images assets/examples --out assets/checkpoints/karl_cpu_tae/samples.png
 
 Rows: the inputs, the base autoencoder alone, then KARL at each requested epsilon with the
 number of kept tokens (KC-hat) and the L1 of that reconstruction in each title.
@@ -25,7 +25,7 @@ from karl.metrics import l1  # noqa: E402
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", default="assets/checkpoints/karl_cpu")
+    p.add_argument("--checkpoint", default="assets/checkpoints/karl_cpu_tae")
     p.add_argument("--images", type=Path, default=Path("assets/examples"))
     p.add_argument("--epsilon", default="0.03,0.09,0.2", help="comma-separated targets, one row each")
     p.add_argument("--max-images", type=int, default=8)
