@@ -1,6 +1,6 @@
 """Latency of the app's Tokenize tab: a new upload vs an epsilon change, p50 / p95.
 
-    python benchmarks/app_latency.py [--checkpoint DIR] [--n 50] [--mode both|http|handler]
+    python benchmarks/app_latency.py [--checkpoint DIR] [--n 50] [--mode all|both|http|browser|handler]
                                      [--json results/app_latency.json]
 
 - *new upload*: a never-seen 256x256 image at epsilon 0.05 (load, preprocess, base encode,
@@ -10,9 +10,13 @@
 
 ``handler`` times ``app.ui.tokenize_view`` called in-process (server compute only);
 ``http`` times ``/tokenize`` through ``gradio_client`` against the launched app (adds the
-upload, the queue, serialisation of 3 PNGs and 2 plotly figures; the client re-uploads the
-file for the epsilon change too, which a browser does not). Each image gets one new
-upload and two epsilon changes; the first 3 images of each mode are warm-up. Also
+upload, the queue, serialisation of 3 PNGs and 2 plotly figures, and the client's download
+of the output images; the client re-uploads the file for the epsilon change too, which a
+browser does not); ``browser`` makes a browser's requests with plain HTTP: the image is
+uploaded once (``/gradio_api/upload``) when it is new, an epsilon change sends only its
+server reference, and every output image is fetched, as the page does to show it (the page
+itself draws nothing here: rendering is timed by tests/browser/e2e.mjs). Each image gets
+one new upload and two epsilon changes; the first 3 images of each mode are warm-up. Also
 reports the process RSS after the warm-up and at the end, to show memory stays flat.
 
 Model: ``--checkpoint``, else the bundled ``assets/checkpoints/karl_cpu_tae``, else the random
@@ -85,11 +89,63 @@ def run(call, paths: list[Path], budget: int, warmup: int = 3) -> dict[str, dict
                        "end": round(rss_mb(), 1)}}
 
 
+class BrowserLikeClient:
+    """``/tokenize`` as the page calls it: upload a new image once, then refer to it by its
+    server path; fetch the output images. ``gradio_api/call`` is Gradio's plain-HTTP API
+    (POST the inputs, then read the answer's event stream)."""
+
+    def __init__(self, url: str):
+        import httpx
+
+        self.url, self.http, self.uploaded = url, httpx.Client(timeout=120), {}
+
+    def _ref(self, path: Path) -> dict:
+        if path not in self.uploaded:  # a new image: the page uploads it once
+            with open(path, "rb") as f:
+                r = self.http.post(f"{self.url}gradio_api/upload", files={"files": (path.name, f, "image/png")})
+            r.raise_for_status()
+            self.uploaded[path] = r.json()[0]
+        return {"path": self.uploaded[path], "orig_name": path.name, "meta": {"_type": "gradio.FileData"}}
+
+    def __call__(self, path: Path, epsilon: float, budget: int) -> list:
+        r = self.http.post(f"{self.url}gradio_api/call/tokenize",
+                           json={"data": [self._ref(path), epsilon, budget]})
+        r.raise_for_status()
+        event, data = r.json()["event_id"], None
+        with self.http.stream("GET", f"{self.url}gradio_api/call/tokenize/{event}") as s:
+            kind = None
+            for line in s.iter_lines():
+                if line.startswith("event:"):
+                    kind = line[6:].strip()
+                elif line.startswith("data:") and kind in ("complete", "error"):
+                    data = json.loads(line[5:])
+                    break
+        if kind != "complete":
+            raise RuntimeError(f"/tokenize answered {kind}: {data}")
+        for url in _file_urls(data):  # the page shows every output image
+            self.http.get(url).raise_for_status()
+        return data
+
+    def close(self) -> None:
+        self.http.close()
+
+
+def _file_urls(value) -> list[str]:
+    if isinstance(value, dict):
+        if value.get("url") and value.get("meta", {}).get("_type") == "gradio.FileData":
+            return [value["url"]]
+        return [u for v in value.values() for u in _file_urls(v)]
+    if isinstance(value, list):
+        return [u for v in value for u in _file_urls(v)]
+    return []
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--checkpoint", default=None)
     ap.add_argument("--n", type=int, default=50, help="new uploads per mode (epsilon changes: 2n)")
-    ap.add_argument("--mode", choices=("both", "http", "handler"), default="both")
+    ap.add_argument("--mode", choices=("all", "both", "http", "browser", "handler"), default="all",
+                    help="all: handler, http and browser; both: handler and http")
     ap.add_argument("--json", default=None, help="write the figures here too")
     args = ap.parse_args(argv)
 
@@ -112,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
                     "image_size": model.image_size, "threads": torch.get_num_threads(),
                     "requests_per_mode": {"new_upload": args.n, "epsilon_change": 2 * args.n}}
     tmp = Path(tempfile.mkdtemp(prefix="karl_bench_"))
-    modes = ("handler", "http") if args.mode == "both" else (args.mode,)
+    modes = {"all": ("handler", "http", "browser"), "both": ("handler", "http")}.get(args.mode, (args.mode,))
     rss0 = rss_mb()
     for k, mode in enumerate(modes):
         inf.clear_caches()
@@ -124,11 +180,15 @@ def main(argv: list[str] | None = None) -> int:
             from gradio_client import Client, handle_file
             demo = ui.build_demo(model, banner=loaded.warning, loaded_from=loaded.source)
             _, url, _ = ui.launch_demo(demo, prevent_thread_lock=True, quiet=True)
-            client = Client(url, verbose=False)
+            client = Client(url, verbose=False) if mode == "http" else BrowserLikeClient(url)
             try:
-                res = run(lambda p, e, b: client.predict(handle_file(str(p)), e, b, api_name="/tokenize"),
-                          paths, budget)
+                if mode == "http":
+                    res = run(lambda p, e, b: client.predict(handle_file(str(p)), e, b, api_name="/tokenize"),
+                              paths, budget)
+                else:
+                    res = run(client, paths, budget)
             finally:
+                client.close()
                 demo.close()
         report[mode] = res
         for what in ("new_upload", "epsilon_change"):

@@ -175,3 +175,23 @@ def test_fifty_requests_at_once_are_all_answered(served, tmp_path):
         client.close()
     assert len(answers) == 50 and all(isinstance(a["kc_hat"], int) for a in answers)
     assert demo._queue.max_size >= 50
+
+
+def test_the_latency_benchmarks_browser_client_calls_as_the_page_does(served, tmp_path):
+    """benchmarks/app_latency.py's ``browser`` mode: a new image is uploaded once, an epsilon
+    change sends only its server reference, and every output image is fetched."""
+    spec = importlib.util.spec_from_file_location("app_latency", ROOT / "benchmarks" / "app_latency.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    url, _ = served
+    path = bench.make_images(1, tmp_path)[0]
+    client = bench.BrowserLikeClient(url)
+    try:
+        first = client(path, 0.05, 16)
+        second = client(path, 0.2, 16)
+    finally:
+        client.close()
+    assert len(client.uploaded) == 1
+    assert len(first) == len(second) == 9
+    assert len(bench._file_urls(first)) == 3  # original and reconstruction, error heatmap
+    assert first[1] >= second[1]  # KC-hat at 0.05 >= at 0.2 (the fixture's model is monotone)
