@@ -22,6 +22,29 @@ HALTED_COLOR = "#c8c8c8"
 THRESHOLD_COLOR = "#e76f51"
 PALETTE = ["#264653", "#e76f51", "#2a9d8f", "#e9c46a", "#8ab17d", "#6d597a", "#f4a261",
            "#457b9d", "#b5838d", "#3d405b"]
+FIGURE_TEMPLATE = "plotly_white"
+
+
+def figure_style() -> dict:
+    """The layout keywords every figure takes: ``template=FIGURE_TEMPLATE``, unless plotly
+    already applies that template as its default (the app sets it at start).
+
+    Naming a template in a layout makes plotly validate a deep copy of it, about 10 ms per
+    figure here, a third of the app's figure time on an epsilon change; plotly applies its
+    default template to a new figure without that copy.
+    """
+    import plotly.io as pio
+
+    return {} if pio.templates.default == FIGURE_TEMPLATE else {"template": FIGURE_TEMPLATE}
+
+
+def use_figure_template() -> None:
+    """Make FIGURE_TEMPLATE plotly's default in this process (the app: one process that draws
+    nothing else), so that :func:`figure_style` adds nothing and figures build faster."""
+    import plotly.io as pio
+
+    if pio.templates.default != FIGURE_TEMPLATE:
+        pio.templates.default = FIGURE_TEMPLATE
 
 
 def mark_x(fig, x: float, text: str, log_x: bool, side: str = "right", **line) -> None:

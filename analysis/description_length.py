@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from analysis._common import PALETTE, Exportable, sweep_many
+from analysis._common import PALETTE, Exportable, figure_style, sweep_many
 from analysis.human import correlation_with_ci
 
 
@@ -95,6 +95,6 @@ def plot_description_length(data: DescriptionLengthData, y: str = "kc_hat"):
                f"{rho_all:.2f}" if np.isfinite(rho_all) else "KC-hat vs program length"),
         xaxis_title="description length of the program (bits)", xaxis_type="log",
         yaxis_title="KC-hat (tokens kept)" if y == "kc_hat" else "sum(1 - p)",
-        yaxis_range=[-0.5, max(data.max_tokens, 1) * 1.05 + 0.5], template="plotly_white",
+        yaxis_range=[-0.5, max(data.max_tokens, 1) * 1.05 + 0.5], **figure_style(),
         legend_orientation="h", legend_y=-0.2)
     return fig

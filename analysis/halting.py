@@ -15,7 +15,7 @@ import pandas as pd
 from torch import Tensor
 
 from analysis._common import (HALTED_COLOR, KEPT_COLOR, THRESHOLD_COLOR, Exportable, epsilon_row,
-                              sweep_many)
+                              figure_style, sweep_many)
 from karl.config import LOSS_BINS
 
 
@@ -68,32 +68,33 @@ def compute_halting(model, image: Tensor, epsilons: Sequence[float] = LOSS_BINS,
     return HaltingData.from_sweep(sweep, model.config.halt_threshold)
 
 
-def plot_halting(data: HaltingData, epsilon: float):
-    """Bar per token (kept / halted colours) at the epsilon nearest ``epsilon``; dashed threshold."""
+def plot_halting(data: HaltingData, epsilon: float, title: str | None = None):
+    """Bar per token (kept / halted colours) at the epsilon nearest ``epsilon``; dashed threshold.
+    ``title`` replaces the default one (the epsilon, KC-hat and expected kept tokens)."""
     import plotly.graph_objects as go
 
     i = data.index_of(epsilon)
     tokens = np.arange(1, data.num_tokens + 1)
-    fig = go.Figure()
     groups = (("kept", data.keep[i], KEPT_COLOR), ("halted", ~data.keep[i], HALTED_COLOR))
     hover = "token %{x}<br>p(halt) = %{y:.3f}<extra>%{fullData.name}</extra>"
-    for name, mask, color in groups:
-        fig.add_trace(go.Bar(x=tokens[mask], y=data.probs[i][mask], name=name, marker_color=color,
-                             legendgroup=name, hovertemplate=hover))
+    traces = [go.Bar(x=tokens[mask], y=data.probs[i][mask], name=name, marker_color=color,
+                     legendgroup=name, hovertemplate=hover) for name, mask, color in groups]
     # A point on each bar (traces 2, 3): a kept token with p(halt) ~ 0.001 draws no visible
     # bar, and a plot where every token is kept would otherwise look empty.
-    for name, mask, color in groups:
-        fig.add_trace(go.Scatter(x=tokens[mask], y=data.probs[i][mask], mode="markers", name=name,
-                                 legendgroup=name, showlegend=False, hovertemplate=hover,
-                                 marker=dict(color=color, size=7, line=dict(color="#264653", width=1))))
+    traces += [go.Scatter(x=tokens[mask], y=data.probs[i][mask], mode="markers", name=name,
+                          legendgroup=name, showlegend=False, hovertemplate=hover,
+                          marker=dict(color=color, size=7, line=dict(color="#264653", width=1)))
+               for name, mask, color in groups]
+    if title is None:
+        title = (f"Halting probability per token at epsilon = {data.epsilons[i]:g}: KC-hat = "
+                 f"{int(data.kc_hat[i])} / {data.num_tokens} (expected kept {data.continuous_kc[i]:.1f})")
+    # One constructor call: plotly validates each add_trace / update_layout separately.
+    fig = go.Figure(traces, layout=dict(
+        title=title, xaxis_title="1D token index", yaxis_title="halting probability",
+        yaxis_range=[0, 1.02], barmode="overlay", bargap=0.1, legend_orientation="h", legend_y=-0.2,
+        **figure_style()))
     fig.add_hline(y=data.threshold, line_dash="dash", line_color=THRESHOLD_COLOR,
                   annotation_text=f"threshold {data.threshold:g}", annotation_position="top left")
-    fig.update_layout(
-        title=(f"Halting probability per token at epsilon = {data.epsilons[i]:g}: KC-hat = "
-               f"{int(data.kc_hat[i])} / {data.num_tokens} (expected kept {data.continuous_kc[i]:.1f})"),
-        xaxis_title="1D token index", yaxis_title="halting probability", yaxis_range=[0, 1.02],
-        barmode="overlay", bargap=0.1, template="plotly_white", legend_orientation="h",
-        legend_y=-0.2)
     return fig
 
 
@@ -114,6 +115,6 @@ def plot_halting_heatmap(data: HaltingData):
                              customdata=data.kc_hat))
     fig.update_layout(title="Halting probabilities across epsilons (line: KC-hat)",
                       xaxis_title="1D token index", yaxis_title="epsilon (loss bin)",
-                      yaxis_type="category", template="plotly_white", legend_orientation="h",
+                      yaxis_type="category", **figure_style(), legend_orientation="h",
                       legend_y=-0.2)
     return fig

@@ -25,7 +25,7 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-from analysis._common import PALETTE, progress, sweep_many
+from analysis._common import PALETTE, figure_style, progress, sweep_many
 from analysis.gallery import bucket_index
 from analysis.savoias import SAVOIAS_CATEGORIES, SavoiasLayoutError, load_savoias  # noqa: F401  (re-exported)
 
@@ -420,7 +420,7 @@ def plot_human_heatmap(df: pd.DataFrame, kc_col: str = "kc_hat", score_col: str 
     label = measure_label(kc_col)
     fig.update_layout(title=f"Human complexity vs {label} ({category or 'all categories'}, n = {len(df)})",
                       xaxis_title=f"{label} bucket (tokens)", yaxis_title="human score bucket",
-                      xaxis_type="category", yaxis_type="category", template="plotly_white")
+                      xaxis_type="category", yaxis_type="category", **figure_style())
     return fig
 
 
@@ -443,7 +443,7 @@ def plot_human_correlations(corr: pd.DataFrame, method: str = "spearman"):
             customdata=c["n"], hovertemplate="%{x}: r = %{y:.2f} (n = %{customdata})<extra></extra>"))
     fig.update_layout(barmode="group", title=f"{method.title()} correlation with human complexity "
                       "(error bars: bootstrap CI)", yaxis_title=f"{method} r", yaxis_range=[-1, 1],
-                      template="plotly_white", legend_orientation="h", legend_y=-0.2)
+                      **figure_style(), legend_orientation="h", legend_y=-0.2)
     return fig
 
 

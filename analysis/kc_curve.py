@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 from torch import Tensor
 
-from analysis._common import PALETTE, THRESHOLD_COLOR, Exportable, mark_x, sweep_many
+from analysis._common import PALETTE, THRESHOLD_COLOR, Exportable, figure_style, mark_x, sweep_many
 from karl.config import LOSS_BINS
 
 
@@ -70,34 +70,35 @@ def plot_kc_curve(curve: KCCurve, mark_epsilon: float | None = None, names: list
 
     eps, kc = curve.epsilons, curve.kc_hat
     names = names if names is not None else (curve.names or None)
-    fig = go.Figure()
     if kc.shape[0] == 1:
         label = names[0] if names else "image"
-        fig.add_trace(go.Scatter(x=eps, y=kc[0], mode="lines+markers", name=f"KC-hat ({label})",
-                                 line=dict(shape="hv", color=PALETTE[0])))
-        fig.add_trace(go.Scatter(x=eps, y=curve.continuous_kc[0], mode="lines", name="sum(1 - p)",
-                                 line=dict(dash="dot", color=PALETTE[2])))
+        traces = [go.Scatter(x=eps, y=kc[0], mode="lines+markers", name=f"KC-hat ({label})",
+                             line=dict(shape="hv", color=PALETTE[0])),
+                  go.Scatter(x=eps, y=curve.continuous_kc[0], mode="lines", name="sum(1 - p)",
+                             line=dict(dash="dot", color=PALETTE[2]))]
         title = f"KC-hat vs epsilon: {label}"
     else:
         s = curve.summary()
-        fig.add_trace(go.Scatter(x=eps, y=s.kc_q75, mode="lines", line=dict(width=0),
-                                 showlegend=False, hoverinfo="skip"))
-        fig.add_trace(go.Scatter(x=eps, y=s.kc_q25, mode="lines", line=dict(width=0), fill="tonexty",
-                                 fillcolor="rgba(38,70,83,0.2)", name="25-75% of images"))
-        fig.add_trace(go.Scatter(x=eps, y=s.kc_mean, mode="lines+markers", name="mean KC-hat",
-                                 line=dict(color=PALETTE[0], width=3)))
+        traces = [go.Scatter(x=eps, y=s.kc_q75, mode="lines", line=dict(width=0), showlegend=False,
+                             hoverinfo="skip"),
+                  go.Scatter(x=eps, y=s.kc_q25, mode="lines", line=dict(width=0), fill="tonexty",
+                             fillcolor="rgba(38,70,83,0.2)", name="25-75% of images"),
+                  go.Scatter(x=eps, y=s.kc_mean, mode="lines+markers", name="mean KC-hat",
+                             line=dict(color=PALETTE[0], width=3))]
         if names and len(names) == kc.shape[0] and kc.shape[0] <= 8:
-            for i, name in enumerate(names):
-                fig.add_trace(go.Scatter(x=eps, y=kc[i], mode="lines", name=name, opacity=0.6,
-                                         line=dict(shape="hv", width=1, color=PALETTE[(i + 1) % len(PALETTE)])))
+            traces += [go.Scatter(x=eps, y=kc[i], mode="lines", name=name, opacity=0.6,
+                                  line=dict(shape="hv", width=1, color=PALETTE[(i + 1) % len(PALETTE)]))
+                       for i, name in enumerate(names)]
         title = f"KC-hat vs epsilon over {kc.shape[0]} images"
+    lo, hi = np.log10(eps.min()), np.log10(eps.max())
+    ticks = [t for t in (0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.38) if eps.min() <= t <= eps.max()]
+    # One constructor call: plotly validates each add_trace / update_layout separately.
+    fig = go.Figure(traces, layout=dict(
+        title=title, xaxis_title="epsilon (target pixel L1)", xaxis_type="log",
+        xaxis_range=[lo - 0.08, hi + 0.08], xaxis_tickvals=ticks or None,
+        yaxis_title="tokens kept (KC-hat)", yaxis_range=[0, max(curve.budget, 1) * 1.05],
+        legend_orientation="h", legend_y=-0.2, **figure_style()))
     if mark_epsilon is not None:
         mark_x(fig, float(mark_epsilon), f"epsilon = {mark_epsilon:g}", log_x=True, line_dash="dash",
                line_color=THRESHOLD_COLOR)
-    lo, hi = np.log10(eps.min()), np.log10(eps.max())
-    ticks = [t for t in (0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.38) if eps.min() <= t <= eps.max()]
-    fig.update_xaxes(range=[lo - 0.08, hi + 0.08], tickvals=ticks or None)
-    fig.update_layout(title=title, xaxis_title="epsilon (target pixel L1)", xaxis_type="log",
-                      yaxis_title="tokens kept (KC-hat)", yaxis_range=[0, max(curve.budget, 1) * 1.05],
-                      template="plotly_white", legend_orientation="h", legend_y=-0.2)
     return fig

@@ -19,7 +19,8 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-from analysis._common import PALETTE, Exportable, check_images, chunks, default_token_counts, progress
+from analysis._common import (PALETTE, Exportable, check_images, chunks, default_token_counts, figure_style,
+                              progress)
 
 PROBE_NAMES = ["noise", "chessboard", "natural", "fractal"]
 
@@ -177,7 +178,7 @@ def plot_token_sweep(sweep: TokenSweep):
                           row=1, col=col)
     fig.update_xaxes(title_text="tokens", type="log", tickvals=sweep.token_counts.tolist())
     fig.update_layout(title="Reconstruction quality vs token count (structure vs noise)",
-                      template="plotly_white", legend_orientation="h", legend_y=-0.25)
+                      **figure_style(), legend_orientation="h", legend_y=-0.25)
     return fig
 
 
@@ -210,7 +211,7 @@ def plot_kc_vs_delta(delta_data: DeltaData, labels: Sequence[str] | None = None)
         title=(f"KC-hat (epsilon = {d.epsilon:g}) vs Delta = L1({d.small_budget} tokens) - "
                f"L1({d.full_budget} tokens)"),
         xaxis_title="KC-hat (tokens kept)", yaxis_title="Delta (L1 gained by the extra tokens)",
-        xaxis_range=[-0.5, d.full_budget * 1.05 + 0.5], template="plotly_white", legend_orientation="h",
+        xaxis_range=[-0.5, d.full_budget * 1.05 + 0.5], **figure_style(), legend_orientation="h",
         legend_y=-0.2,
         annotations=[
             dict(x=1, y=0, xref="paper", yref="paper", xanchor="right", yanchor="bottom", showarrow=False,

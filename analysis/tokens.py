@@ -41,7 +41,7 @@ from einops import rearrange
 from torch import Tensor
 
 from analysis._common import (PALETTE, THRESHOLD_COLOR, Exportable, check_images, chunks, default_token_counts,
-                              mark_x)
+                              figure_style, mark_x)
 
 __all__ = ["ProgressiveData", "TokenMaps", "compute_progressive", "compute_token_maps",
            "plot_progressive", "plot_progressive_strip", "plot_token_map", "plot_token_maps",
@@ -370,7 +370,7 @@ def plot_progressive(pg: ProgressiveData):
                                  range=xrange, tickvals=[int(c) for c in counts]),
                       yaxis=dict(title="pixel L1", rangemode="tozero"),
                       yaxis2=dict(title="PSNR (dB)", overlaying="y", side="right", showgrid=False),
-                      template="plotly_white", legend_orientation="h", legend_y=-0.2)
+                      **figure_style(), legend_orientation="h", legend_y=-0.2)
     return fig
 
 
@@ -385,7 +385,7 @@ def plot_progressive_strip(pg: ProgressiveData):
         fig.add_trace(_png_image(img), row=1, col=i + 1)
     fig.update_xaxes(visible=False)
     fig.update_yaxes(visible=False)
-    fig.update_layout(title="Program prefixes decoded", template="plotly_white",
+    fig.update_layout(title="Program prefixes decoded", **figure_style(),
                       height=260, margin=dict(l=10, r=10, t=90, b=10))
     return fig
 
@@ -405,7 +405,7 @@ def plot_token_map(tm: TokenMaps, j: int, kind: str = "removal"):
     fig.update_xaxes(visible=False)
     fig.update_yaxes(visible=False)
     fig.update_layout(title=f"Token {int(tm.tokens[j]) + 1} (#{int(tm.order[j])} of {tm.kc_hat} kept)",
-                      template="plotly_white")
+                      **figure_style())
     return fig
 
 
@@ -416,7 +416,7 @@ def plot_token_maps(tm: TokenMaps, kind: str = "removal", cols: int = 8, max_sid
 
     maps, m = tm._maps(kind), len(tm.tokens)
     if m == 0:
-        return go.Figure().update_layout(title="No kept tokens at this epsilon", template="plotly_white")
+        return go.Figure().update_layout(title="No kept tokens at this epsilon", **figure_style())
     f = max(1, maps.shape[-1] // max_side)
     pooled = rearrange(maps, "m (h a) (w b) -> m h w (a b)", a=f, b=f).mean(-1)
     peak = pooled.reshape(m, -1).max(-1)
@@ -435,7 +435,7 @@ def plot_token_maps(tm: TokenMaps, kind: str = "removal", cols: int = 8, max_sid
     fig.update_xaxes(visible=False)
     what = "change when removed" if kind == "removal" else "decoder attention"
     fig.update_layout(title=f"{what} per token, {m} of {tm.kc_hat} kept tokens, in program order",
-                      template="plotly_white", height=max(300, 120 * rows))
+                      **figure_style(), height=max(300, 120 * rows))
     return fig
 
 
@@ -454,7 +454,7 @@ def plot_segmentation(tm: TokenMaps, kind: str = "removal"):
     fig.update_yaxes(visible=False)
     n_used = len(np.unique(seg[seg >= 0]))
     fig.update_layout(title=f"Which token explains each pixel most ({n_used} of {len(tm.tokens)} tokens win "
-                            "a pixel; black: none)", template="plotly_white")
+                            "a pixel; black: none)", **figure_style())
     return fig
 
 
@@ -471,5 +471,5 @@ def plot_map_agreement(tm: TokenMaps):
     fig.update_layout(title=(f"Removal vs attention maps: median Spearman r {med:.2f}<br>"
                              f"argmax token agrees on {same:.0%} of grid cells"),
                       xaxis_title="token (1-based)", yaxis_title="Spearman r", yaxis_range=[-1, 1],
-                      template="plotly_white")
+                      **figure_style())
     return fig

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import functools
 
+from analysis._common import figure_style
+
 __all__ = ["fit_figure", "placeholder_figure"]
 
 
@@ -32,7 +34,7 @@ def placeholder_figure():
     import plotly.graph_objects as go
 
     fig = go.Figure()
-    fig.update_layout(template="plotly_white", height=320, xaxis_visible=False, yaxis_visible=False,
+    fig.update_layout(**figure_style(), height=320, xaxis_visible=False, yaxis_visible=False,
                       margin=dict(l=20, r=20, t=20, b=20),
                       annotations=[dict(text="appears once an image is tokenized", showarrow=False,
                                         x=0.5, y=0.5, xref="paper", yref="paper",

@@ -107,6 +107,30 @@ def test_kc_curve_batched_equals_unbatched(model, images):
     assert len(many.data) == 3 + 5
 
 
+def test_figures_take_the_studio_template_whether_or_not_it_is_plotly_default(model, images):
+    """figure_style names the template unless plotly already applies it as its default (the
+    app sets that at start, which builds figures faster): the figure is the same either way."""
+    import plotly.io as pio
+
+    from analysis._common import FIGURE_TEMPLATE, use_figure_template
+
+    h = A.compute_halting(model, images[0])
+    c = A.compute_kc_curve(model, images[0], [0.01, 0.05, 0.2])
+    before = pio.templates.default
+    try:
+        pio.templates.default = "plotly"
+        named = [A.plot_halting(h, 0.05, title="t"), A.plot_kc_curve(c, mark_epsilon=0.05)]
+        use_figure_template()
+        assert pio.templates.default == FIGURE_TEMPLATE
+        default = [A.plot_halting(h, 0.05, title="t"), A.plot_kc_curve(c, mark_epsilon=0.05)]
+    finally:
+        pio.templates.default = before
+    for a, b in zip(named, default):
+        assert a.layout.template == pio.templates[FIGURE_TEMPLATE]
+        assert json.loads(a.to_json()) == json.loads(b.to_json())  # key order aside
+    assert named[0].layout.title.text == "t"
+
+
 # ----------------------------------------------------------------------------- 3. structure vs noise
 
 def test_probes_token_sweep_and_delta(model, images):
